@@ -1,0 +1,47 @@
+"""Pure flow-matching math (torch only): the sigma convention, schedules, leaps, gradient operators, rollout."""
+
+from leapalign.flow.conventions import interpolate, velocity_target
+from leapalign.flow.grad import scale_grad, straight_through
+from leapalign.flow.leap import (
+    euler_step,
+    hinge_loss,
+    leap,
+    leap_distance,
+    predict_x0,
+    renoise,
+    similarity_weight,
+)
+from leapalign.flow.rollout import Rollout, VelocityFn, sample
+from leapalign.flow.schedule import (
+    candidate_steps,
+    exponential_shift,
+    flux_mu,
+    flux_sigmas,
+    sample_leap_steps,
+    sd3_sigmas,
+    static_shift,
+)
+
+__all__ = [
+    "Rollout",
+    "VelocityFn",
+    "candidate_steps",
+    "euler_step",
+    "exponential_shift",
+    "flux_mu",
+    "flux_sigmas",
+    "hinge_loss",
+    "interpolate",
+    "leap",
+    "leap_distance",
+    "predict_x0",
+    "renoise",
+    "sample",
+    "sample_leap_steps",
+    "scale_grad",
+    "sd3_sigmas",
+    "similarity_weight",
+    "static_shift",
+    "straight_through",
+    "velocity_target",
+]
