@@ -1,0 +1,62 @@
+"""Methods: one small file each over the shared rollout engine, selected by ``method.name``.
+
+=============  ==========================================================================
+name           gradient path
+=============  ==========================================================================
+leapalign      two random steps k < j, two leaps + straight-through connectors (Eq. 4-13)
+refl           one random late step, reward on its one-step estimate
+draft-k        the last K steps, detached entry, real x_0
+draft-lv       the last step plus n re-noised one-step copies
+alignprop      a random-length final window, checkpointed, real x_0
+drtune         K evenly spaced steps, stop-gradient at every model input, early stop
+=============  ==========================================================================
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from leapalign.methods.alignprop import AlignProp, AlignPropConfig
+from leapalign.methods.base import Batch, Method, MethodOutput, check_differentiable
+from leapalign.methods.draft import DRaFTK, DRaFTKConfig, DRaFTLV, DRaFTLVConfig
+from leapalign.methods.drtune import DRTune, DRTuneConfig
+from leapalign.methods.leapalign import LeapAlign, LeapAlignConfig
+from leapalign.methods.refl import ReFL, ReFLConfig
+
+METHODS: dict[str, tuple[type, type]] = {
+    "leapalign": (LeapAlignConfig, LeapAlign),
+    "refl": (ReFLConfig, ReFL),
+    "draft-k": (DRaFTKConfig, DRaFTK),
+    "draft-lv": (DRaFTLVConfig, DRaFTLV),
+    "alignprop": (AlignPropConfig, AlignProp),
+    "drtune": (DRTuneConfig, DRTune),
+}
+
+
+def method_config_class(name: str) -> type:
+    """The config dataclass of method ``name``; raises a ``ValueError`` listing the known methods."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; allowed values: {', '.join(METHODS)}.")
+    return METHODS[name][0]
+
+
+def build_method(cfg: Any) -> Method:
+    """Instantiates the method whose config dataclass is ``cfg`` (selected by ``cfg.name``)."""
+    return METHODS[cfg.name][1](cfg)
+
+
+__all__ = [
+    "METHODS",
+    "AlignProp",
+    "Batch",
+    "DRTune",
+    "DRaFTK",
+    "DRaFTLV",
+    "LeapAlign",
+    "Method",
+    "MethodOutput",
+    "ReFL",
+    "build_method",
+    "check_differentiable",
+    "method_config_class",
+]
