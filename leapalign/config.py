@@ -1,0 +1,262 @@
+"""Experiment configuration: typed dataclasses, YAML files and ``key=value`` overrides, merged by OmegaConf.
+
+Loading order: dataclass defaults <- YAML (a shipped name such as ``tiny/leapalign`` or a path) <- overrides
+<- validation. Unknown keys, wrong types and out-of-range values raise :class:`ConfigError` naming the key.
+
+Shorthands: ``method=NAME`` switches the method (its options reset to that method's defaults),
+``model=NAME`` sets ``model.name`` and ``reward=NAME[,NAME...]`` sets the reward terms (weight 1 each).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from leapalign.methods import METHODS, method_config_class
+from leapalign.models.config import ModelConfig
+from leapalign.rewards.base import RewardConfig, RewardTermConfig
+
+PRECISIONS = ("no", "bf16", "fp16")
+
+
+class ConfigError(ValueError):
+    """Invalid configuration: the message names the key and the allowed values."""
+
+
+@dataclass
+class RunConfig:
+    """Run bookkeeping.
+
+    Attributes:
+        output_dir: Run directory (metrics.jsonl, config.yaml, checkpoints/, export/).
+        seed: Global seed; rank r draws its noise and prompts from ``seed + r``.
+        resume: Continue from the latest complete checkpoint in ``output_dir/checkpoints``.
+        log_every: Optimiser steps between log lines.
+        checkpoint_every: Optimiser steps between checkpoints (0: only at the end).
+        keep_checkpoints: How many recent checkpoints to keep.
+        tensorboard: Also write TensorBoard event files to ``output_dir/tensorboard``.
+        export: Write a diffusers-loadable export (EMA weights) to ``output_dir/export`` at the end.
+    """
+
+    output_dir: str = "runs/default"
+    seed: int = 0
+    resume: bool = False
+    log_every: int = 1
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    tensorboard: bool = True
+    export: bool = True
+
+
+@dataclass
+class SamplerConfig:
+    """On-policy rollout settings.
+
+    Attributes:
+        num_steps: Euler steps T of the training rollout (25 in the paper).
+        height: Image height in pixels.
+        width: Image width in pixels.
+    """
+
+    num_steps: int = 25
+    height: int = 128
+    width: int = 128
+
+
+@dataclass
+class DataConfig:
+    """Training prompts.
+
+    Attributes:
+        prompts: A ``.txt`` file (one prompt a line), a ``.jsonl`` file (``{"prompt": ...}`` per line), or the
+            name of a built-in list (``builtin:tiny``).
+        batch_size: Prompts per process per micro-batch.
+    """
+
+    prompts: str = "builtin:tiny"
+    batch_size: int = 2
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation (defaults: the paper's AdamW settings).
+
+    Attributes:
+        max_steps: Optimiser steps.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        betas: AdamW betas.
+        grad_clip: Max global gradient norm (0 disables clipping).
+        grad_accum: Micro-batches per optimiser step.
+        mixed_precision: ``no``, ``bf16`` or ``fp16`` (accelerate autocast).
+        ema_decay: EMA decay of the trainable weights (0 disables EMA).
+        max_nan_steps: Consecutive skipped (non-finite) steps before training stops with an error.
+    """
+
+    max_steps: int = 300
+    lr: float = 1e-5
+    weight_decay: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    mixed_precision: str = "no"
+    ema_decay: float = 0.995
+    max_nan_steps: int = 3
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole experiment. ``method`` holds the options of the method named by ``method.name``."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    method: Any = field(default_factory=lambda: {"name": "leapalign"})
+
+
+def _validate_ranges(cfg: ExperimentConfig) -> None:
+    checks = [
+        (cfg.sampler.num_steps >= 1, "sampler.num_steps", "an integer >= 1"),
+        (
+            cfg.sampler.height > 0 and cfg.sampler.width > 0,
+            "sampler.height/sampler.width",
+            "positive integers",
+        ),
+        (cfg.data.batch_size >= 1, "data.batch_size", "an integer >= 1"),
+        (cfg.train.max_steps >= 1, "train.max_steps", "an integer >= 1"),
+        (cfg.train.lr > 0, "train.lr", "a positive number"),
+        (cfg.train.weight_decay >= 0, "train.weight_decay", "a number >= 0"),
+        (
+            len(cfg.train.betas) == 2 and all(0 <= b < 1 for b in cfg.train.betas),
+            "train.betas",
+            "two numbers in [0, 1)",
+        ),
+        (cfg.train.grad_clip >= 0, "train.grad_clip", "a number >= 0 (0 disables clipping)"),
+        (cfg.train.grad_accum >= 1, "train.grad_accum", "an integer >= 1"),
+        (cfg.train.mixed_precision in PRECISIONS, "train.mixed_precision", "one of " + ", ".join(PRECISIONS)),
+        (0 <= cfg.train.ema_decay < 1, "train.ema_decay", "a number in [0, 1) (0 disables EMA)"),
+        (cfg.train.max_nan_steps >= 1, "train.max_nan_steps", "an integer >= 1"),
+        (cfg.run.log_every >= 1, "run.log_every", "an integer >= 1"),
+        (cfg.run.checkpoint_every >= 0, "run.checkpoint_every", "an integer >= 0"),
+        (cfg.run.keep_checkpoints >= 1, "run.keep_checkpoints", "an integer >= 1"),
+    ]
+    for ok, key, allowed in checks:
+        if not ok:
+            raise ConfigError(f"invalid value for {key}: it must be {allowed}.")
+
+
+def config_dir() -> Path:
+    """Directory of the YAML configs shipped with the package."""
+    return Path(str(resources.files("leapalign") / "configs"))
+
+
+def list_configs() -> list[str]:
+    """Names of the shipped configs, e.g. ``tiny/leapalign``."""
+    root = config_dir()
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """Maps a shipped config name or a YAML path to a file; raises :class:`ConfigError` if neither exists."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    shipped = config_dir() / f"{name_or_path.removesuffix('.yaml')}.yaml"
+    if shipped.is_file():
+        return shipped
+    raise ConfigError(
+        f"config {name_or_path!r} is neither a YAML file nor a shipped config; shipped configs: "
+        f"{', '.join(list_configs())} (see `leapalign configs`)."
+    )
+
+
+def _expand_shorthands(overrides: Sequence[str], base: DictConfig) -> list[str]:
+    out = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} is not of the form key=value.")
+        key = key.strip()
+        if key == "method":
+            try:
+                method_config_class(value)
+            except ValueError as err:
+                raise ConfigError(f"invalid value for method: {err}") from err
+            base.method = OmegaConf.create({"name": value})
+        elif key == "model":
+            out.append(f"model.name={value}")
+        elif key == "reward":
+            base.reward = OmegaConf.structured(
+                RewardConfig(terms=[RewardTermConfig(name=n.strip()) for n in value.split(",") if n.strip()])
+            )
+        else:
+            out.append(f"{key}={value}")
+    return out
+
+
+def load_config(config: str | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Builds a validated :class:`ExperimentConfig`.
+
+    Args:
+        config: Shipped config name (``tiny/leapalign``), YAML path, or ``None`` for the defaults.
+        overrides: Dotted ``key=value`` overrides (``train.max_steps=10``, ``method=refl``, ...).
+
+    Raises:
+        ConfigError: Unknown key, wrong type or invalid value, naming the key.
+    """
+    try:
+        schema = OmegaConf.structured(ExperimentConfig)
+        merged = schema
+        if config is not None:
+            merged = OmegaConf.merge(merged, OmegaConf.load(resolve_config_path(config)))
+        dotlist = _expand_shorthands(overrides, merged)
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(dotlist))
+        method_section = OmegaConf.to_container(merged.method, resolve=True)
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as err:
+        raise ConfigError(_explain(err)) from err
+    if not isinstance(method_section, dict) or "name" not in method_section:
+        raise ConfigError(f"method must be a mapping with a name; allowed names: {', '.join(METHODS)}.")
+    try:
+        method_cls = method_config_class(str(method_section["name"]))
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    try:
+        method_node = OmegaConf.merge(OmegaConf.structured(method_cls), method_section)
+        merged.method = None
+        cfg: ExperimentConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+        cfg.method = OmegaConf.to_object(method_node)
+    except OmegaConfBaseException as err:
+        raise ConfigError(_explain(err, prefix="method.")) from err
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    _validate_ranges(cfg)
+    return cfg
+
+
+def _explain(err: OmegaConfBaseException, prefix: str = "") -> str:
+    key = getattr(err, "full_key", None)
+    msg = str(err).splitlines()[0]
+    return f"invalid config key {prefix}{key}: {msg}" if key else f"invalid config: {msg}"
+
+
+def to_yaml(cfg: ExperimentConfig) -> str:
+    """Serialises a resolved config to YAML (loadable again with :func:`load_config`)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def save_config(cfg: ExperimentConfig, path: Path) -> None:
+    """Writes the resolved config to ``path`` atomically."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(to_yaml(cfg))
+    tmp.replace(path)

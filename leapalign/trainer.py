@@ -1,0 +1,310 @@
+"""The method-agnostic trainer on accelerate: one code path for one process, DDP and FSDP.
+
+Launch:
+    leapalign train --config tiny/leapalign                                  # one process
+    accelerate launch --config_file $(leapalign accelerate-config ddp) -m leapalign.cli train ...
+
+Every rank builds the same model from the same seed, draws its own noise and prompts from ``seed + rank``
+and shares the choice of trained steps (``step_generator``, seeded with ``seed``) with the others. Steps are
+counted in optimiser steps; the effective batch is ``batch_size * grad_accum * world_size``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from leapalign import checkpoint as ckpt
+from leapalign.config import ExperimentConfig, save_config
+from leapalign.data import PromptSampler, load_prompts
+from leapalign.methods import Batch, build_method, check_differentiable
+from leapalign.metrics import MetricLogger, peak_memory_mb
+from leapalign.models import build_model
+from leapalign.models.base import FlowModel, check_resolution
+from leapalign.rewards import build_reward
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised after ``train.max_nan_steps`` consecutive steps with a non-finite loss or reward."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the final step, the run directory and the last logged metrics."""
+
+    step: int
+    run_dir: Path
+    last_metrics: dict[str, Any]
+
+
+class EMA:
+    """Exponential moving average of the trainable weights (``torch.optim.swa_utils.AveragedModel``).
+
+    ``ema <- decay * ema + (1 - decay) * theta`` after every optimiser step, as the paper (decay 0.995).
+    """
+
+    def __init__(self, params: dict[str, nn.Parameter], decay: float) -> None:
+        self.names = list(params)
+        self.live = nn.ParameterList(params.values())
+        self.avg = AveragedModel(self.live, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+        self.avg.update_parameters(self.live)  # starts at the initial weights
+
+    def update(self) -> None:
+        self.avg.update_parameters(self.live)
+
+    def named(self) -> dict[str, nn.Parameter]:
+        return dict(zip(self.names, self.avg.module, strict=True))
+
+    @torch.no_grad()
+    def swap(self) -> None:
+        """Exchanges live and EMA weights (call twice to restore)."""
+        for live, avg in zip(self.live, self.avg.module, strict=True):
+            tmp = live.detach().clone()
+            live.copy_(avg)
+            avg.copy_(tmp)
+
+
+def _generators(seed: int, rank: int, device: torch.device) -> dict[str, torch.Generator]:
+    def gen(s: int, dev: str = "cpu") -> torch.Generator:
+        return torch.Generator(device=dev).manual_seed(s)
+
+    return {
+        "noise": gen(seed * 1000 + 2 * rank + 1),
+        "prompts": gen(seed * 1000 + 2 * rank + 2),
+        "method": gen(seed * 1000 + 2 * rank + 501, device.type if device.type == "cuda" else "cpu"),
+        "steps": gen(seed * 1000 + 999),  # identical on every rank
+    }
+
+
+def make_batch(model: FlowModel, prompts: list[str], cfg: ExperimentConfig, gens: dict[str, torch.Generator]) -> Batch:
+    """Encodes prompts and draws the initial noise for one micro-batch."""
+    h, w = cfg.sampler.height, cfg.sampler.width
+    shape = (len(prompts), *model.latent_shape(h, w))
+    noise = torch.randn(shape, generator=gens["noise"]).to(model.device)
+    return Batch(
+        prompts=prompts,
+        cond=model.encode_prompts(prompts),
+        noise=noise,
+        sigmas=model.sigmas(cfg.sampler.num_steps, h, w).to(model.device),
+        height=h,
+        width=w,
+        generator=gens["method"],
+        step_generator=gens["steps"],
+    )
+
+
+class Trainer:
+    """Builds everything from an :class:`ExperimentConfig` and runs the optimisation loop."""
+
+    def __init__(self, cfg: ExperimentConfig, accelerator: Accelerator | None = None) -> None:
+        self.cfg = cfg
+        # cpu=True without CUDA makes accelerate use gloo when launched with several processes.
+        self.accelerator = accelerator or Accelerator(
+            mixed_precision=cfg.train.mixed_precision, cpu=not torch.cuda.is_available()
+        )
+        acc = self.accelerator
+        self.run_dir = Path(cfg.run.output_dir)
+        # Validate everything cheap before building the model, so bad input fails fast and writes nothing.
+        self.prompts = load_prompts(cfg.data.prompts)
+        self.reward = build_reward(cfg.reward)
+        self.method = build_method(cfg.method)
+        check_differentiable(self.method, self.reward)
+
+        torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
+        self.model = build_model(cfg.model, device=acc.device)
+        check_resolution(self.model, cfg.sampler.height, cfg.sampler.width)
+        self.transformer = self.model.transformer
+        self.params = ckpt.named_trainable(self.transformer)
+        if not self.params:
+            raise ValueError("the model has no trainable parameter; check model.finetune and model.lora_targets.")
+        t = cfg.train
+        self.optimizer = torch.optim.AdamW(
+            list(self.params.values()), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay
+        )
+        self.model.transformer, self.optimizer = acc.prepare(self.transformer, self.optimizer)
+        self.ema = EMA(self.params, t.ema_decay) if t.ema_decay > 0 else None
+        self.gens = _generators(cfg.run.seed, acc.process_index, acc.device)
+        self.sampler = PromptSampler(self.prompts, cfg.data.batch_size, self.gens["prompts"])
+        self.step = 0
+        self.nan_streak = 0
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> Path | None:
+        acc = self.accelerator
+        tmp = ckpt.checkpoint_dir(self.run_dir, self.step).with_suffix(".tmp")
+        if acc.is_main_process:
+            ckpt.begin(self.run_dir, self.step)
+        acc.wait_for_everyone()
+        ckpt.generators_to_file(self.gens, tmp / f"rng_rank{acc.process_index}.safetensors")
+        acc.wait_for_everyone()
+        final = None
+        if acc.is_main_process:
+            ckpt.tensors_to_file(self.params, tmp / "trainable.safetensors")
+            if self.ema is not None:
+                ckpt.tensors_to_file(self.ema.named(), tmp / "ema.safetensors")
+            ckpt.optimizer_to_files(self.optimizer, tmp)
+            state = {"step": self.step, "nan_streak": self.nan_streak, "world_size": acc.num_processes}
+            final = ckpt.commit(tmp, state, self.cfg.run.keep_checkpoints)
+            logger.info("saved checkpoint %s", final)
+        acc.wait_for_everyone()
+        return final
+
+    def load_checkpoint(self, directory: Path) -> None:
+        state = ckpt.read_state(directory)
+        if state.get("world_size", 1) != self.accelerator.num_processes:
+            raise ValueError(
+                f"{directory} was written by {state.get('world_size')} process(es) but this run has "
+                f"{self.accelerator.num_processes}; resume with the same number of processes."
+            )
+        ckpt.load_into(self.params, directory / "trainable.safetensors")
+        if self.ema is not None:
+            ckpt.load_into(self.ema.named(), directory / "ema.safetensors")
+        ckpt.optimizer_from_files(self.optimizer, directory)
+        ckpt.generators_from_file(self.gens, directory / f"rng_rank{self.accelerator.process_index}.safetensors")
+        self.step, self.nan_streak = int(state["step"]), int(state["nan_streak"])
+        logger.info("resumed from %s at step %d", directory, self.step)
+
+    # ------------------------------------------------------------------ one optimiser step
+    def _micro_step(self, scale: float) -> tuple[dict[str, float], torch.Tensor, bool]:
+        acc = self.accelerator
+        batch = make_batch(self.model, self.sampler.next(), self.cfg, self.gens)
+        with acc.autocast():
+            out = self.method.step(self.model, batch, self.reward)
+        finite = torch.tensor(
+            float(torch.isfinite(out.loss).item() and torch.isfinite(out.rewards).all().item()),
+            device=acc.device,
+        )
+        finite = acc.reduce(finite, reduction="mean") if acc.num_processes > 1 else finite
+        ok = bool(finite.item() == 1.0)
+        if ok:
+            acc.backward(out.loss * scale)
+        metrics = dict(out.metrics)
+        metrics["loss"] = out.loss.item()
+        terms = getattr(self.reward, "last_terms", {})
+        if len(terms) > 1:
+            metrics.update({f"reward/{k}": v.float().mean().item() for k, v in terms.items()})
+        return metrics, out.rewards, ok
+
+    def train_step(self) -> dict[str, Any]:
+        """One optimiser step over ``grad_accum`` micro-batches; returns the step's metrics (rank-averaged)."""
+        acc, t = self.accelerator, self.cfg.train
+        start = time.perf_counter()
+        all_metrics: list[dict[str, float]] = []
+        rewards, ok = [], True
+        for micro in range(t.grad_accum):
+            sync = micro == t.grad_accum - 1
+            ctx = acc.no_sync(self.model.transformer) if not sync else nullcontext()
+            with ctx:
+                m, r, finite = self._micro_step(1.0 / t.grad_accum)
+            ok &= finite
+            all_metrics.append(m)
+            rewards.append(r)
+        metrics = {k: sum(m[k] for m in all_metrics if k in m) / len(all_metrics) for k in all_metrics[0]}
+        if ok:
+            norm = acc.clip_grad_norm_(list(self.params.values()), t.grad_clip if t.grad_clip > 0 else math.inf)
+            metrics["grad_norm"] = float(norm)
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update()
+            self.nan_streak = 0
+        else:
+            self.nan_streak += 1
+            logger.warning(
+                "step %d: non-finite loss or reward, update skipped (%d in a row)",
+                self.step + 1,
+                self.nan_streak,
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics["skipped"] = float(not ok)
+        all_r = acc.gather(torch.cat(rewards).float().to(acc.device))
+        metrics["reward_mean"] = all_r.mean().item()
+        metrics["reward_std"] = all_r.std().item() if all_r.numel() > 1 else 0.0
+        metrics["sec_per_iter"] = time.perf_counter() - start
+        metrics["peak_mem_mb"], _ = peak_memory_mb(acc.device)
+        self.step += 1
+        if self.nan_streak >= t.max_nan_steps:
+            raise NonFiniteLossError(
+                f"{self.nan_streak} consecutive steps had a non-finite loss or reward (last at step {self.step}); "
+                f"training stopped. Check the reward on these prompts, lower train.lr, or raise train.max_nan_steps."
+            )
+        return metrics
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> TrainResult:
+        acc, cfg = self.accelerator, self.cfg
+        if acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+        acc.wait_for_everyone()
+        if cfg.run.resume:
+            latest = ckpt.latest_checkpoint(self.run_dir)
+            if latest is None:
+                logger.warning("run.resume is set but %s has no checkpoint: starting from step 0", self.run_dir)
+            else:
+                self.load_checkpoint(latest)
+        log = MetricLogger(self.run_dir, cfg.run.tensorboard, enabled=acc.is_main_process)
+        world, t = acc.num_processes, cfg.train
+        logger.info(
+            "method=%s model=%s effective batch=%d (%d x %d accum x %d processes), %d trainable params",
+            cfg.method.name,
+            cfg.model.name,
+            cfg.data.batch_size * t.grad_accum * world,
+            cfg.data.batch_size,
+            t.grad_accum,
+            world,
+            sum(p.numel() for p in self.params.values()),
+        )
+        bar = tqdm(total=t.max_steps, initial=self.step, desc=f"{cfg.method.name}", disable=not acc.is_main_process)
+        metrics: dict[str, Any] = {}
+        try:
+            while self.step < t.max_steps:
+                metrics = self.train_step()
+                if self.step % cfg.run.log_every == 0 or self.step == t.max_steps:
+                    log.log(self.step, metrics)
+                bar.update(1)
+                bar.set_postfix(reward=f"{metrics['reward_mean']:.4f}", loss=f"{metrics['loss']:.4f}")
+                every = cfg.run.checkpoint_every
+                if every and self.step % every == 0 and self.step < t.max_steps:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+            log.close()
+        self.save_checkpoint()
+        if cfg.run.export:
+            self.export(self.run_dir / "export")
+        return TrainResult(step=self.step, run_dir=self.run_dir, last_metrics=metrics)
+
+    def export(self, out_dir: Path) -> None:
+        """Writes a diffusers-loadable export of the EMA weights (the live weights when EMA is off)."""
+        from leapalign.models.finetune import export_for_diffusers
+
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            if self.ema is not None:
+                self.ema.swap()
+            try:
+                export_for_diffusers(self.model, out_dir, self.cfg.model.finetune)
+            finally:
+                if self.ema is not None:
+                    self.ema.swap()
+            logger.info("exported %s weights to %s", "EMA" if self.ema else "trained", out_dir)
+        acc.wait_for_everyone()
+
+
+def train(cfg: ExperimentConfig) -> TrainResult:
+    """Trains with ``cfg`` and returns the final step and metrics."""
+    return Trainer(cfg).train()
