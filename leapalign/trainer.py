@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
@@ -111,6 +112,10 @@ class Trainer:
 
     def __init__(self, cfg: ExperimentConfig, accelerator: Accelerator | None = None) -> None:
         self.cfg = cfg
+        if accelerator is None:
+            # accelerate keeps one global state per process; reset its precision settings so that several runs
+            # with different train.mixed_precision can follow each other in one process (benchmarks, tests).
+            AcceleratorState._reset_state(reset_partial_state=False)
         # cpu=True without CUDA makes accelerate use gloo when launched with several processes.
         self.accelerator = accelerator or Accelerator(
             mixed_precision=cfg.train.mixed_precision, cpu=not torch.cuda.is_available()

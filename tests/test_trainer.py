@@ -170,3 +170,33 @@ def test_jsonl_prompts_and_config_listing(tmp_path: Path, capsys) -> None:
     assert main(["configs"]) == 0
     listed = capsys.readouterr().out.split()
     assert {f"tiny/{m}" for m in METHODS} <= set(listed) and "flux/leapalign" in listed
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["train.mixed_precision=bf16"],
+        ["model.gradient_checkpointing=true"],
+        ["train.grad_accum=2", "data.batch_size=1"],
+    ],
+)
+def test_precision_checkpointing_and_accumulation_options_train(tmp_path: Path, overrides: list[str]) -> None:
+    rc, run = train_cli(tmp_path, "run.export=false", *overrides)
+    assert rc == 0
+    records = read_metrics(run / "metrics.jsonl")
+    assert len(records) == 2 and all(r["grad_norm"] is not None and r["grad_norm"] > 0 for r in records)
+
+
+def test_sample_command_writes_a_grid_from_a_run(tmp_path: Path) -> None:
+    from PIL import Image
+
+    rc, run = train_cli(tmp_path, "run.export=false")
+    assert rc == 0
+    out = tmp_path / "grid.png"
+    assert (
+        main(["sample", "--run", str(run), "--prompt", "a red circle", "--num", "3", "--steps", "4", "--out", str(out)])
+        == 0
+    )
+    img = Image.open(out)
+    assert img.size[0] > 3 * 64 and img.size[1] >= 64
+    assert main(["sample", "--run", str(tmp_path / "nothing"), "--out", str(out)]) == 2
