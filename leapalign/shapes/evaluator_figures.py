@@ -1,0 +1,143 @@
+"""Reproducible figures of ShapesEval: accuracy on ground-truth renders (clean, blurred, noisy), acceptance of
+mismatched prompts and of pure-noise images.
+
+    python -c "from leapalign.shapes.evaluator_figures import measure; print(measure())"
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from leapalign.shapes.evaluator import _PROTOS, Detection, check, evaluate
+from leapalign.shapes.negatives import KINDS, mismatch
+from leapalign.shapes.prompts import load_metadata
+from leapalign.shapes.scenes import CANVAS, render, scene_for
+
+
+def gaussian_blur(images: np.ndarray, sigma: float) -> np.ndarray:
+    """Blurs each channel of ``(N, 3, H, W)`` images with a Gaussian of ``sigma`` pixels."""
+    return ndimage.gaussian_filter(images, sigma=(0, 0, sigma, sigma))
+
+
+def gaussian_noise(images: np.ndarray, std: float, seed: int = 0) -> np.ndarray:
+    """Adds Gaussian pixel noise of ``std`` to ``(N, 3, H, W)`` images, clipped to ``[0, 1]``."""
+    noise = np.random.default_rng(seed).normal(0.0, std, size=images.shape)
+    return np.clip(images + noise, 0.0, 1.0).astype(np.float32)
+
+
+NOISE_KINDS: tuple[str, ...] = ("uniform", "gaussian", "blobs")
+
+
+def noise_images(kind: str, num: int, seed: int = 0) -> np.ndarray:
+    """Pure-noise images ``(num, 3, 32, 32)``, like an untrained generator's outputs.
+
+    ``uniform``: pixels in ``U[0, 1]``; ``gaussian``: ``N(0.5, 0.5^2)`` clipped to ``[0, 1]``; ``blobs``: uniform
+    noise of amplitude 0.1-0.5 with one to three faint Gaussian blobs (palette colour, peak 0.2-0.7, sigma 1.5-4 px).
+    """
+    rng = np.random.default_rng(seed)
+    size = (num, 3, CANVAS, CANVAS)
+    if kind == "uniform":
+        return rng.random(size, dtype=np.float32)
+    if kind == "gaussian":
+        return np.clip(rng.normal(0.5, 0.5, size), 0, 1).astype(np.float32)
+    if kind != "blobs":
+        raise ValueError(f"unknown noise kind {kind!r}; known: {', '.join(NOISE_KINDS)}.")
+    images = rng.random(size) * rng.uniform(0.1, 0.5, (num, 1, 1, 1))
+    yy, xx = np.mgrid[:CANVAS, :CANVAS] + 0.5
+    for image in images:
+        for _ in range(rng.integers(1, 4)):
+            (cx, cy), sigma, peak = rng.uniform(4, CANVAS - 4, 2), rng.uniform(1.5, 4), rng.uniform(0.2, 0.7)
+            blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sigma**2))
+            image += peak * _PROTOS[rng.integers(len(_PROTOS))][:, None, None] * blob
+    return np.clip(images, 0, 1).astype(np.float32)
+
+
+def garbage_acceptance(num_images: int = 200, seed: int = 0) -> dict[str, dict[str, float]]:
+    """How often :func:`check` accepts pure noise (:func:`noise_images`) for the held-out prompts, cycled.
+
+    Returns:
+        Per kind in :data:`NOISE_KINDS`: ``{"images": share of images accepted, "overall": ..., "<category>": ...}``.
+    """
+    metadata = load_metadata("eval")
+    metas = [metadata[i % len(metadata)] for i in range(num_images)]
+    out = {}
+    for j, kind in enumerate(NOISE_KINDS):
+        result = evaluate(noise_images(kind, num_images, seed=len(NOISE_KINDS) * seed + j), metas)
+        out[kind] = {"images": float(np.mean(result.correct)), **result.to_dict()}
+    return out
+
+
+def render_ground_truth(metadata: Sequence[dict], num_seeds: int) -> tuple[np.ndarray, list[dict]]:
+    """Renders ``num_seeds`` ground-truth scenes per prompt.
+
+    Returns:
+        Images ``(num_seeds * len(metadata), 3, 32, 32)`` and the metadata of each.
+    """
+    images, metas = [], []
+    for seed in range(num_seeds):
+        for i, meta in enumerate(metadata):
+            images.append(render(scene_for(meta, np.random.default_rng([seed, i]))))
+            metas.append(meta)
+    return np.stack(images), metas
+
+
+def mismatch_acceptance(
+    detections: Sequence[Sequence[Detection]], metadata: Sequence[dict], seed: int = 0
+) -> dict[str, tuple[float, int]]:
+    """How often :func:`check` accepts a mismatched prompt for an image made for the true one.
+
+    Args:
+        detections: Per-image detections.
+        metadata: The true metadata of each image.
+        seed: Seed of the mismatch choices (image ``i`` and kind ``j`` use ``seed, i, j``).
+
+    Returns:
+        Per kind in :data:`~leapalign.shapes.negatives.KINDS`: (acceptance rate, number of applicable images).
+    """
+    out: dict[str, tuple[float, int]] = {}
+    for j, kind in enumerate(KINDS):
+        accepted = []
+        for i, (meta, dets) in enumerate(zip(metadata, detections, strict=True)):
+            negative = mismatch(meta, kind, random.Random(f"{seed}-{i}-{j}"))
+            if negative is not None:
+                accepted.append(check(negative, dets))
+        out[kind] = (float(np.mean(accepted)) if accepted else float("nan"), len(accepted))
+    return out
+
+
+def measure(num_seeds: int = 8, blur_sigma: float = 0.6, noise_std: float = 0.05, num_noise: int = 200) -> dict:
+    """Measures ShapesEval on ground-truth renders of the held-out prompts and on pure noise.
+
+    Args:
+        num_seeds: Scenes per prompt (96 held-out prompts).
+        blur_sigma: Gaussian blur of the ``blur`` condition, in pixels.
+        noise_std: Pixel noise of the ``noise`` condition (clipped to ``[0, 1]``).
+        num_noise: Pure-noise images per kind for ``garbage_acceptance`` (:func:`garbage_acceptance`).
+
+    Returns:
+        ``{"num_images": N, "clean" | "blur" | "noise": {"accuracy": {"overall": ..., "<category>": ...},
+        "mismatch_acceptance": {"<kind>": rate}, "mismatch_count": {"<kind>": n}}, "garbage_acceptance":
+        {"<noise kind>": {"images": ..., "overall": ..., "<category>": ...}}}``.
+    """
+    metadata = load_metadata("eval")
+    images, metas = render_ground_truth(metadata, num_seeds)
+    conditions = {
+        "clean": images,
+        "blur": gaussian_blur(images, blur_sigma),
+        "noise": gaussian_noise(images, noise_std, seed=num_seeds),
+    }
+    out: dict = {"num_images": len(metas)}
+    for name, batch in conditions.items():
+        result = evaluate(batch, metas)
+        negatives = mismatch_acceptance(result.detections, metas)
+        out[name] = {
+            "accuracy": result.to_dict(),
+            "mismatch_acceptance": {k: rate for k, (rate, _) in negatives.items()},
+            "mismatch_count": {k: count for k, (_, count) in negatives.items()},
+        }
+    out["garbage_acceptance"] = garbage_acceptance(num_noise)
+    return out
