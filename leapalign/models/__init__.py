@@ -59,7 +59,11 @@ def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> FluxAda
         The adapter, satisfying :class:`FlowModel`.
     """
     model: FluxAdapter | SD3Adapter
-    if cfg.name == "tiny-flux":
+    if cfg.name == "shapes":
+        from leapalign.shapes.model import build_shapes_model
+
+        model = build_shapes_model(cfg)
+    elif cfg.name == "tiny-flux":
         model = FluxAdapter.from_pipeline(build_tiny_flux_pipeline(cfg.seed), cfg)
     elif cfg.name == "tiny-sd3":
         model = SD3Adapter.from_pipeline(build_tiny_sd3_pipeline(cfg.seed), cfg)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-MODEL_NAMES = ("tiny-flux", "tiny-sd3", "flux", "sd3")
+MODEL_NAMES = ("shapes", "tiny-flux", "tiny-sd3", "flux", "sd3")
 FINETUNE_MODES = ("lora", "full")
 DTYPES = ("fp32", "bf16", "fp16")
 
@@ -17,9 +17,11 @@ class ModelConfig:
     ``guidance_scale=3.5``, ``weights_dtype="fp32"``, ``gradient_checkpointing=False``.
 
     Attributes:
-        name: One of ``tiny-flux``, ``tiny-sd3`` (random-init, built in-process, no download), ``flux``
+        name: One of ``shapes`` (the shipped ShapesWorld base model, or the one in ``path``), ``tiny-flux``,
+            ``tiny-sd3`` (random-init, built in-process, no download), ``flux``
             (FLUX.1-dev layout) or ``sd3`` (SD3 / SD3.5 layout).
-        path: Local directory or hub id of a diffusers pipeline folder (``flux``/``sd3``); ignored by tiny models.
+        path: Local directory or hub id of a diffusers pipeline folder (``flux``/``sd3``); for ``shapes`` an optional
+            transformer folder replacing the shipped base; ignored by tiny models.
         finetune: ``lora`` (peft adapters on the transformer) or ``full`` (every transformer weight).
         lora_rank: LoRA rank ``r``.
         lora_alpha: LoRA scaling numerator ``alpha`` (the update is scaled by ``alpha / r``).

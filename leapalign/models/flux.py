@@ -6,8 +6,9 @@ does; ``x.reshape(B, -1, 4C)`` is the pipeline's packed ``(B, N, 4C)`` layout
 (see :meth:`FluxAdapter.to_tokens`).
 Keeping the grid makes the latent self-describing (non-square resolutions need no side information).
 
-With ``vae=None`` the model works directly in pixel space: ``f = 1``, ``C = in_channels / 4`` (3 for RGB) and
-latents are packed pixels in ``[-1, 1]``.
+With ``vae=None`` the model works directly in pixel space on pixels in ``[-1, 1]``: with ``f = 1`` a token is a
+2x2 pixel patch (``C = 3``); with ``vae_scale_factor = f > 1`` the image is first folded space-to-depth
+(``pixel_unshuffle``, ``C = 3 f^2``), so a token is a ``2f x 2f`` patch. Decoding is the exact inverse.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 from torch import Tensor, nn
 
@@ -265,13 +267,25 @@ class FluxAdapter:
         if tuple(latents.shape[1:]) != expected:
             raise ValueError(f"latents of shape {tuple(latents.shape)} do not match {height}x{width} ({expected}).")
         lat = self.unpack(latents)
-        if self.vae is None:
-            img = lat
+        if self.vae is None:  # pixel space; f > 1 is a space-to-depth "autoencoder" (f x f pixels per latent pixel)
+            img = F.pixel_shuffle(lat, self.vae_scale_factor) if self.vae_scale_factor > 1 else lat
         else:
             lat = lat / self.scaling_factor + self.shift_factor
             vae_dtype = next(self.vae.parameters()).dtype
             img = self.vae.decode(lat.to(vae_dtype), return_dict=False)[0].to(latents.dtype)
         return (img * 0.5 + 0.5).clamp(0.0, 1.0)
+
+    def encode_pixels(self, images: Tensor) -> Tensor:
+        """Pixel-space models only: images in ``[0, 1]`` ``(B, C_img, H, W)`` -> latents ``(B, h, w, 4C)``.
+
+        The exact inverse of :meth:`decode` (before clamping), used to train pixel-space models from scratch.
+        """
+        if self.vae is not None:
+            raise ValueError("encode_pixels is for pixel-space models (vae=None); encode with the VAE instead.")
+        x = images * 2.0 - 1.0
+        if self.vae_scale_factor > 1:
+            x = F.pixel_unshuffle(x, self.vae_scale_factor)
+        return self.pack(x)
 
     # -------------------------------------------------------------------------------------------- plumbing
     def trainable_parameters(self) -> list[nn.Parameter]:
