@@ -22,7 +22,17 @@ REWARDS: dict[str, tuple[Callable[..., RewardFn], str]] = {
     "target_color": (TargetColor, "closeness to one colour (args: color); no weights needed"),
     "prompt_color": (PromptColor, "closeness to the prompt's colour word; no weights needed"),
     "png_compressibility": (PngCompressibility, "negative PNG size in kB; NOT differentiable"),
+    "shapes_score": (
+        lambda **kw: _shapes_score(**kw),
+        "ShapesWorld's learned CLIP-style reward (shipped weights; args: path); cosine similarity in [-1, 1]",
+    ),
 }
+
+
+def _shapes_score(**kwargs: Any) -> RewardFn:
+    from leapalign.shapes.score import ShapesScore
+
+    return ShapesScore(**kwargs)
 
 
 class _FunctionReward:
