@@ -25,8 +25,8 @@ test-slow: setup       ## slow and multi-process tests only
 test-all: setup
 	$(PYTEST) -q -m ""
 
-demo: setup            ## the main job (for now: LeapAlign on the tiny random-init Flux; see README)
-	$(VENV)/bin/leapalign train --config tiny/leapalign run.output_dir=runs/demo
+demo: setup            ## the main job: LeapAlign on ShapesWorld, evaluated before and after (runs/demo)
+	$(VENV)/bin/leapalign train --config shapes/leapalign run.output_dir=runs/demo run.overwrite=true
 
 lint: setup
 	$(VENV)/bin/ruff check leapalign tests

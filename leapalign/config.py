@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from leapalign.evaluation import EvalConfig
 from leapalign.methods import METHODS, method_config_class
 from leapalign.models.config import ModelConfig
 from leapalign.rewards.base import RewardConfig, RewardTermConfig
@@ -37,6 +37,8 @@ class RunConfig:
         output_dir: Run directory (metrics.jsonl, config.yaml, checkpoints/, export/).
         seed: Global seed; rank r draws its noise and prompts from ``seed + r``.
         resume: Continue from the latest complete checkpoint in ``output_dir/checkpoints``.
+        overwrite: Delete the outputs of an earlier run in ``output_dir`` first (without it, and without
+            ``resume``, an existing run there is an error: runs are never mixed silently).
         log_every: Optimiser steps between log lines.
         checkpoint_every: Optimiser steps between checkpoints (0: only at the end).
         keep_checkpoints: How many recent checkpoints to keep.
@@ -47,6 +49,7 @@ class RunConfig:
     output_dir: str = "runs/default"
     seed: int = 0
     resume: bool = False
+    overwrite: bool = False
     log_every: int = 1
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
@@ -120,6 +123,7 @@ class ExperimentConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
     method: Any = field(default_factory=lambda: {"name": "leapalign"})
 
 
@@ -156,7 +160,7 @@ def _validate_ranges(cfg: ExperimentConfig) -> None:
 
 def config_dir() -> Path:
     """Directory of the YAML configs shipped with the package."""
-    return Path(str(resources.files("leapalign") / "configs"))
+    return Path(__file__).parent / "configs"
 
 
 def list_configs() -> list[str]:

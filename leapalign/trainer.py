@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 from leapalign import checkpoint as ckpt
 from leapalign.config import ExperimentConfig, save_config
 from leapalign.data import PromptSampler, load_prompts
+from leapalign.evaluation import evaluate_model, plot_reward_curve
 from leapalign.methods import Batch, build_method, check_differentiable
 from leapalign.metrics import MetricLogger, peak_memory_mb
 from leapalign.models import build_model
@@ -49,6 +51,8 @@ class TrainResult:
     step: int
     run_dir: Path
     last_metrics: dict[str, Any]
+    eval_before: dict[str, Any] | None = None
+    eval_after: dict[str, Any] | None = None
 
 
 class EMA:
@@ -251,7 +255,7 @@ class Trainer:
     def train(self) -> TrainResult:
         acc, cfg = self.accelerator, self.cfg
         if acc.is_main_process:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._claim_run_dir()
             save_config(cfg, self.run_dir / "config.yaml")
         acc.wait_for_everyone()
         if cfg.run.resume:
@@ -260,6 +264,7 @@ class Trainer:
                 logger.warning("run.resume is set but %s has no checkpoint: starting from step 0", self.run_dir)
             else:
                 self.load_checkpoint(latest)
+        before = self.evaluate("before") if cfg.evaluation.enabled and self.step == 0 else None
         log = MetricLogger(self.run_dir, cfg.run.tensorboard, enabled=acc.is_main_process)
         world, t = acc.num_processes, cfg.train
         logger.info(
@@ -290,7 +295,66 @@ class Trainer:
         self.save_checkpoint()
         if cfg.run.export:
             self.export(self.run_dir / "export")
-        return TrainResult(step=self.step, run_dir=self.run_dir, last_metrics=metrics)
+        after = None
+        if cfg.evaluation.enabled:
+            after = self.evaluate("after", use_ema=True)
+            if acc.is_main_process:
+                plot_reward_curve(self.run_dir / "metrics.jsonl", self.run_dir / "reward_curve.png")
+        return TrainResult(self.step, self.run_dir, metrics, before, after)
+
+    RUN_OUTPUTS = (
+        "metrics.jsonl",
+        "checkpoints",
+        "tensorboard",
+        "export",
+        "eval_before.json",
+        "eval_after.json",
+        "samples_before.png",
+        "samples_after.png",
+        "reward_curve.png",
+        "config.yaml",
+    )
+
+    def _claim_run_dir(self) -> None:
+        """Creates the run directory; refuses to mix a fresh run into an earlier one unless told to."""
+        run = self.run_dir
+        earlier = (run / "metrics.jsonl").exists() or (run / "checkpoints").exists()
+        if earlier and not self.cfg.run.resume:
+            if not self.cfg.run.overwrite:
+                raise ValueError(
+                    f"run.output_dir={str(run)!r} already holds a run. Continue it with --resume "
+                    f"(run.resume=true), replace it with run.overwrite=true, or choose another run.output_dir."
+                )
+            for name in self.RUN_OUTPUTS:
+                path = run / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
+            logger.info("run.overwrite: removed the earlier run in %s", run)
+        run.mkdir(parents=True, exist_ok=True)
+
+    def evaluate(self, tag: str, use_ema: bool = False) -> dict[str, Any] | None:
+        """Evaluates on the main process (unwrapped model, EMA weights if asked); writes eval_<tag>.json."""
+        acc, cfg = self.accelerator, self.cfg
+        result = None
+        if acc.is_main_process:
+            wrapped = self.model.transformer
+            self.model.transformer = acc.unwrap_model(wrapped)
+            swap = use_ema and self.ema is not None
+            if swap:
+                self.ema.swap()
+            try:
+                logger.info("evaluating (%s) on %s", tag, cfg.evaluation.prompts)
+                result = evaluate_model(
+                    self.model, cfg.evaluation, cfg.sampler.height, cfg.sampler.width, self.run_dir, tag
+                )
+            finally:
+                if swap:
+                    self.ema.swap()
+                self.model.transformer = wrapped
+        acc.wait_for_everyone()
+        return result
 
     def export(self, out_dir: Path) -> None:
         """Writes a diffusers-loadable export of the EMA weights (the live weights when EMA is off)."""

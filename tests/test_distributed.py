@@ -12,9 +12,9 @@ from leapalign.metrics import read_metrics
 
 
 def _launch(run: Path, *extra: str) -> subprocess.CompletedProcess:
-    from importlib import resources
+    import leapalign
 
-    cfg = resources.files("leapalign") / "accelerate" / "ddp_cpu.yaml"
+    cfg = Path(leapalign.__file__).parent / "accelerate" / "ddp_cpu.yaml"
     cmd = [
         sys.executable,
         "-m",

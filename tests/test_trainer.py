@@ -200,3 +200,12 @@ def test_sample_command_writes_a_grid_from_a_run(tmp_path: Path) -> None:
     img = Image.open(out)
     assert img.size[0] > 3 * 64 and img.size[1] >= 64
     assert main(["sample", "--run", str(tmp_path / "nothing"), "--out", str(out)]) == 2
+
+
+def test_a_fresh_run_never_mixes_into_an_earlier_one(tmp_path: Path, capsys) -> None:
+    rc, run = train_cli(tmp_path, "run.export=false", "train.max_steps=1")
+    assert rc == 0
+    rc, _ = train_cli(tmp_path, "run.export=false", "train.max_steps=1")
+    assert rc == 2 and "already holds a run" in capsys.readouterr().err
+    rc, _ = train_cli(tmp_path, "run.export=false", "train.max_steps=1", "run.overwrite=true")
+    assert rc == 0 and [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1]

@@ -25,7 +25,8 @@ def load_prompts(source: str) -> list[str]:
     """Reads prompts from a built-in list, a ``.txt`` file or a ``.jsonl`` file.
 
     Args:
-        source: ``builtin:<name>``, a text file with one prompt a line (blank lines and ``#`` comments
+        source: ``shapes:train`` / ``shapes:eval`` (the ShapesWorld prompt sets), ``builtin:<name>``, a text
+            file with one prompt a line (blank lines and ``#`` comments
             skipped), or a JSONL file whose lines hold a ``prompt`` key (GenEval metadata files work too).
 
     Returns:
@@ -34,6 +35,8 @@ def load_prompts(source: str) -> list[str]:
     Raises:
         ValueError: Unknown built-in name, missing file, unreadable line, or no prompt at all.
     """
+    if source in ("shapes:train", "shapes:eval"):
+        return shapes_prompts(source.removeprefix("shapes:"))
     if source.startswith("builtin:"):
         name = source.removeprefix("builtin:")
         if name not in BUILTIN_PROMPTS:
@@ -64,6 +67,22 @@ def load_prompts(source: str) -> list[str]:
     if not prompts:
         raise ValueError(f"data.prompts={source!r}: the file holds no prompt.")
     return prompts
+
+
+def shapes_prompts(split: str) -> list[str]:
+    """ShapesWorld prompts of ``split``, each GenEval category given equal total weight.
+
+    The six categories have very different numbers of prompts (colour binding has the most), so prompts of
+    smaller categories are repeated until every category contributes the same number of entries; uniform
+    sampling from the list then draws the categories uniformly.
+    """
+    from leapalign.shapes.prompts import load_metadata
+
+    by_cat: dict[str, list[str]] = {}
+    for meta in load_metadata(split):
+        by_cat.setdefault(meta["tag"], []).append(meta["prompt"])
+    size = max(len(v) for v in by_cat.values())
+    return [p for prompts in by_cat.values() for p in (prompts * (size // len(prompts) + 1))[:size]]
 
 
 class PromptSampler:
