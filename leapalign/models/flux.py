@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from leapalign.flow.schedule import flux_sigmas
 from leapalign.models.base import Conditioning, check_resolution
+from leapalign.models.common import TransformerPlumbing, vae_decode
 from leapalign.models.config import ModelConfig
 from leapalign.models.finetune import cast_module, unwrap_model, weight_dtypes
 from leapalign.models.text import FluxTextEncoder, PromptCache, TextEncoder
@@ -102,7 +103,7 @@ def check_pretrained_path(path: str | Path | None, kind: str) -> str:
     return text
 
 
-class FluxAdapter:
+class FluxAdapter(TransformerPlumbing):
     """``FluxTransformer2DModel`` + VAE + text encoders behind the :class:`FlowModel` interface.
 
     Args:
@@ -267,12 +268,10 @@ class FluxAdapter:
         if tuple(latents.shape[1:]) != expected:
             raise ValueError(f"latents of shape {tuple(latents.shape)} do not match {height}x{width} ({expected}).")
         lat = self.unpack(latents)
-        if self.vae is None:  # pixel space; f > 1 is a space-to-depth "autoencoder" (f x f pixels per latent pixel)
-            img = F.pixel_shuffle(lat, self.vae_scale_factor) if self.vae_scale_factor > 1 else lat
-        else:
-            lat = lat / self.scaling_factor + self.shift_factor
-            vae_dtype = next(self.vae.parameters()).dtype
-            img = self.vae.decode(lat.to(vae_dtype), return_dict=False)[0].to(latents.dtype)
+        if self.vae is not None:
+            return vae_decode(self.vae, lat, self.scaling_factor, self.shift_factor)
+        # pixel space; f > 1 is a space-to-depth "autoencoder" (f x f pixels per latent pixel)
+        img = F.pixel_shuffle(lat, self.vae_scale_factor) if self.vae_scale_factor > 1 else lat
         return (img * 0.5 + 0.5).clamp(0.0, 1.0)
 
     def encode_pixels(self, images: Tensor) -> Tensor:
@@ -288,20 +287,6 @@ class FluxAdapter:
         return self.pack(x)
 
     # -------------------------------------------------------------------------------------------- plumbing
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """Parameters of the transformer that require gradients."""
-        return [p for p in self.transformer.parameters() if p.requires_grad]
-
-    @property
-    def compute_dtype(self) -> torch.dtype:
-        """dtype the transformer computes in (its first floating parameter)."""
-        return unwrap_model(self.transformer).dtype
-
-    @property
-    def device(self) -> torch.device:
-        """Device of the transformer."""
-        return next(self.transformer.parameters()).device
-
     def to(self, device: torch.device | str) -> FluxAdapter:
         """Moves transformer, VAE, text encoders and cached embeddings to ``device``."""
         unwrap_model(self.transformer).to(device)

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from leapalign.flow.schedule import sd3_sigmas
 from leapalign.models.base import Conditioning, check_resolution
+from leapalign.models.common import TransformerPlumbing, vae_decode
 from leapalign.models.config import ModelConfig
 from leapalign.models.finetune import cast_module, unwrap_model, weight_dtypes
 from leapalign.models.flux import broadcast_sigma, check_pretrained_path
@@ -31,7 +32,7 @@ from leapalign.models.text import PromptCache, SD3TextEncoder, TextEncoder
 logger = logging.getLogger(__name__)
 
 
-class SD3Adapter:
+class SD3Adapter(TransformerPlumbing):
     """``SD3Transformer2DModel`` + VAE + text encoders behind the :class:`FlowModel` interface.
 
     Args:
@@ -142,24 +143,7 @@ class SD3Adapter:
         expected = self.latent_shape(height, width)
         if tuple(latents.shape[1:]) != expected:
             raise ValueError(f"latents of shape {tuple(latents.shape)} do not match {height}x{width} ({expected}).")
-        lat = latents / self.scaling_factor + self.shift_factor
-        vae_dtype = next(self.vae.parameters()).dtype
-        img = self.vae.decode(lat.to(vae_dtype), return_dict=False)[0].to(latents.dtype)
-        return (img * 0.5 + 0.5).clamp(0.0, 1.0)
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """Parameters of the transformer that require gradients."""
-        return [p for p in self.transformer.parameters() if p.requires_grad]
-
-    @property
-    def compute_dtype(self) -> torch.dtype:
-        """dtype the transformer computes in (its first floating parameter)."""
-        return unwrap_model(self.transformer).dtype
-
-    @property
-    def device(self) -> torch.device:
-        """Device of the transformer."""
-        return next(self.transformer.parameters()).device
+        return vae_decode(self.vae, latents, self.scaling_factor, self.shift_factor)
 
     def to(self, device: torch.device | str) -> SD3Adapter:
         """Moves transformer, VAE, text encoders and cached embeddings to ``device``."""

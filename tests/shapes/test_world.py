@@ -82,3 +82,21 @@ def test_category_balanced_prompt_loader() -> None:
     tags = {m["prompt"]: m["tag"] for m in load_metadata("train")}
     per_cat = {c: sum(tags[p] == c for p in prompts) for c in CATEGORIES}
     assert len(set(per_cat.values())) == 1
+
+
+def test_pixel_space_adapter_round_trip_and_layout() -> None:
+    import torch
+
+    from leapalign.shapes.model import ShapesArch, shapes_adapter
+
+    model = shapes_adapter(ShapesArch().build(), guidance_scale=3.0)
+    assert model.latent_shape(32, 32) == (8, 8, 48) and model.resolutions_multiple == 4
+    images = torch.rand(2, 3, 32, 32)
+    latents = model.encode_pixels(images)
+    assert latents.shape == (2, 8, 8, 48)
+    assert torch.allclose(model.decode(latents, 32, 32), images, atol=1e-6)
+    # one token is a 4x4 pixel patch: changing one pixel changes exactly one token
+    bumped = images.clone()
+    bumped[0, :, 5, 9] = 0.5
+    changed = (model.encode_pixels(bumped) != latents).any(dim=-1)
+    assert changed.sum() == 1 and changed[0, 5 // 4, 9 // 4]
