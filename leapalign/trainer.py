@@ -208,7 +208,12 @@ class Trainer:
         return metrics, out.rewards, ok
 
     def train_step(self) -> dict[str, Any]:
-        """One optimiser step over ``grad_accum`` micro-batches; returns the step's metrics (rank-averaged)."""
+        """One optimiser step over ``grad_accum`` micro-batches.
+
+        Returns:
+            The step's metrics: rewards gathered over all ranks, other diagnostics (loss, k, j, w_sim, ...)
+            averaged over this rank's micro-batches.
+        """
         acc, t = self.accelerator, self.cfg.train
         start = time.perf_counter()
         all_metrics: list[dict[str, float]] = []

@@ -209,3 +209,18 @@ def test_a_fresh_run_never_mixes_into_an_earlier_one(tmp_path: Path, capsys) -> 
     assert rc == 2 and "already holds a run" in capsys.readouterr().err
     rc, _ = train_cli(tmp_path, "run.export=false", "train.max_steps=1", "run.overwrite=true")
     assert rc == 0 and [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1]
+
+
+def test_gradient_accumulation_matches_the_larger_batch(tmp_path: Path) -> None:
+    """batch 2 x accumulation 1 == batch 1 x accumulation 2 (DRaFT-K: the trained steps do not depend on a draw)."""
+    common = ["train.max_steps=1", "sampler.num_steps=4", "run.tensorboard=false", "run.export=false"]
+    runs = {}
+    for name, extra in (("big", ["data.batch_size=2"]), ("accum", ["data.batch_size=1", "train.grad_accum=2"])):
+        runs[name] = tmp_path / name
+        assert main(["train", "--config", "tiny/draft-k", f"run.output_dir={runs[name]}", *common, *extra]) == 0
+    a = load_file(str(runs["big"] / "checkpoints/step_000001/trainable.safetensors"))
+    b = load_file(str(runs["accum"] / "checkpoints/step_000001/trainable.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    # Adam's update hides a wrongly scaled gradient; the logged (pre-clipping) gradient norm does not.
+    norms = [read_metrics(runs[n] / "metrics.jsonl")[0]["grad_norm"] for n in ("big", "accum")]
+    assert norms[0] == pytest.approx(norms[1], rel=1e-5)
