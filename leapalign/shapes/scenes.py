@@ -21,6 +21,10 @@ COLORS: dict[str, tuple[float, float, float]] = {  # six saturated, well-separat
     "blue": (0.15, 0.25, 0.95),
     "magenta": (0.90, 0.10, 0.90),
 }
+# Off-palette colours and an invalid shape, used only to draw *wrong* images (hard negatives for ShapesScore):
+# ShapesEval counts none of them as an object.
+NUISANCE_COLORS: dict[str, tuple[float, float, float]] = {"white": (0.95, 0.95, 0.95), "grey": (0.5, 0.5, 0.5)}
+NUISANCE_SHAPES: tuple[str, ...] = ("ellipse",)
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 CANVAS = 32
 SUPERSAMPLE = 4
@@ -60,6 +64,8 @@ def _mask(obj: Obj, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
         return (np.abs(dx) <= r) & (np.abs(dy) <= r)
     if obj.shape == "triangle":  # apex up, base down: |dx| <= r * (dy + r) / (2r)
         return (dy <= r) & (dy >= -r) & (np.abs(dx) <= (dy + r) / 2)
+    if obj.shape == "ellipse":  # a flat blob (aspect 2), wider than tall
+        return (dx / r) ** 2 + (dy / (r / 2)) ** 2 <= 1
     raise ValueError(f"unknown shape {obj.shape!r}; known shapes: {', '.join(SHAPES)}.")
 
 
@@ -74,7 +80,7 @@ def render(scene: Scene) -> np.ndarray:
     xs, ys = np.meshgrid(coords, coords)
     img = np.zeros((n * s, n * s, 3), dtype=np.float32)
     for obj in scene.objects:
-        img[_mask(obj, xs, ys)] = COLORS[obj.color]
+        img[_mask(obj, xs, ys)] = COLORS.get(obj.color) or NUISANCE_COLORS[obj.color]
     return img.reshape(n, s, n, s, 3).mean(axis=(1, 3)).transpose(2, 0, 1).copy()
 
 

@@ -8,7 +8,10 @@ Each step renders a batch of training scenes (category-uniform prompts, random b
 stays meaningful on imperfect generated images) and optimises a symmetric contrastive loss. Negatives are the
 other prompts of the batch that the scene does *not* satisfy (exactly, by the GenEval rules applied to the
 scene's ground-truth objects, so "a circle" is never a negative for a red circle) plus hard negatives that
-differ in one colour, count, relation or shape (:func:`leapalign.shapes.negatives.mismatch`).
+differ in one colour, count, relation or shape (:func:`leapalign.shapes.negatives.mismatch`). On the image
+side, a corrupted copy of each scene (:func:`corrupt`: an object washed out to white or grey, turned into a
+blob, deleted or duplicated) must score below the true scene for the true prompt whenever the GenEval rules
+on its ground-truth objects say it no longer satisfies it.
 """
 
 from __future__ import annotations
@@ -29,7 +32,17 @@ from tqdm.auto import tqdm
 from leapalign.shapes.evaluator import Detection, check
 from leapalign.shapes.negatives import KINDS, mismatch
 from leapalign.shapes.prompts import CATEGORIES, load_metadata
-from leapalign.shapes.scenes import Scene, render, scene_for
+from leapalign.shapes.scenes import (
+    COLORS,
+    NUISANCE_COLORS,
+    NUISANCE_SHAPES,
+    SHAPES,
+    Obj,
+    Scene,
+    place,
+    render,
+    scene_for,
+)
 from leapalign.shapes.score import ScoreArch, ShapesScore, ShapesScoreModel
 from leapalign.shapes.text import MiniLMEncoder
 
@@ -37,21 +50,55 @@ logger = logging.getLogger(__name__)
 
 
 def scene_detections(scene: Scene) -> list[Detection]:
-    """The exact detections of a rendered scene (its ground-truth objects)."""
+    """The exact detections of a rendered scene (its ground-truth objects; off-palette or invalid ones are no
+    objects, as for ShapesEval)."""
     out = []
     for o in scene.objects:
+        if o.color not in COLORS or o.shape not in SHAPES:
+            continue
         x0, y0, x1, y1 = (int(round(v)) for v in o.bbox())
         out.append(Detection(o.shape, o.color, o.cx, o.cy, int(o.size**2), (x0, y0, x1, y1)))
     return out
 
 
 def augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random blur (p = 0.5, sigma up to 0.8 px) and Gaussian noise (p = 0.5, std up to 0.06)."""
+    """Nuisances the reward must ignore, each with probability 1/2: blur (sigma up to 0.8 px), pixel noise
+    (std up to 0.06), a faint tint and a 4x4-patch grid texture (amplitude up to 0.12) like a pixel-space
+    generator's patch artefacts, and a global brightness change (x0.85-1.15)."""
     if rng.random() < 0.5:
         image = np.stack([gaussian_filter(c, rng.uniform(0.2, 0.8)) for c in image])
     if rng.random() < 0.5:
         image = image + rng.normal(0.0, rng.uniform(0.01, 0.06), size=image.shape).astype(np.float32)
+    if rng.random() < 0.5:
+        tint = rng.uniform(0.0, 0.08, size=(3, 1, 1))
+        patches = rng.uniform(-1.0, 1.0, size=(3, 8, 8)).repeat(4, axis=1).repeat(4, axis=2)
+        image = image + tint + rng.uniform(0.0, 0.12) * patches * (rng.random((3, 1, 1)) < 0.7)
+    if rng.random() < 0.5:
+        image = image * rng.uniform(0.85, 1.15)
     return np.clip(image, 0.0, 1.0).astype(np.float32)
+
+
+def corrupt(scene: Scene, rng: np.random.Generator) -> Scene:
+    """A wrong version of ``scene``: one object drawn off-palette (white / grey), as a flat ellipse, deleted, or
+    duplicated. These are the mistakes a generator makes (washed-out colours, blobs, wrong counts); the true
+    prompt is satisfied by the result or not as the GenEval rules on its ground-truth objects say."""
+    objs = list(scene.objects)
+    i = int(rng.integers(len(objs)))
+    kind = int(rng.integers(4))
+    o = objs[i]
+    if kind == 0:
+        objs[i] = Obj(o.shape, str(rng.choice(list(NUISANCE_COLORS))), o.cx, o.cy, o.size)
+    elif kind == 1:
+        objs[i] = Obj(NUISANCE_SHAPES[0], o.color, o.cx, o.cy, o.size)
+    elif kind == 2 and len(objs) > 1:
+        objs.pop(i)
+    else:  # an extra copy of the object somewhere free
+        try:
+            extra = place([(o.shape, o.color)] * (len(objs) + 1), rng).objects[-1]
+            objs.append(extra)
+        except RuntimeError:
+            objs[i] = Obj(o.shape, "grey", o.cx, o.cy, o.size)
+    return Scene(tuple(objs), scene.canvas)
 
 
 class ScoreTrainer:
@@ -69,7 +116,7 @@ class ScoreTrainer:
     def _batch(self, step: int):
         rng = np.random.default_rng([self.seed, step])
         prng = random.Random(self.seed * 7919 + step)
-        metas, scenes, images, negatives = [], [], [], []
+        metas, scenes, images, negatives, wrong, wrong_ok = [], [], [], [], [], []
         for _ in range(self.batch):
             cat = CATEGORIES[rng.integers(len(CATEGORIES))]
             meta = self.records[cat][rng.integers(len(self.records[cat]))]
@@ -80,6 +127,10 @@ class ScoreTrainer:
             scenes.append(dets)
             images.append(augment(render(scene), rng))
             negatives.append([n["prompt"] for n in negs])
+            bad = corrupt(scene, rng)
+            wrong.append(augment(render(bad), rng))
+            wrong_ok.append(not check(meta, scene_detections(bad)))  # usable as a negative for this prompt
+        self._wrong = torch.from_numpy(np.stack(wrong)), torch.tensor(wrong_ok)
         return metas, scenes, torch.from_numpy(np.stack(images)), negatives
 
     def step(self, step: int, total: int) -> float:
@@ -100,6 +151,12 @@ class ScoreTrainer:
         t2i = sims[:, :b].T.masked_fill(satisfied.T, float("-inf"))
         target = torch.arange(b)
         loss = 0.5 * (F.cross_entropy(i2t, target) + F.cross_entropy(t2i, target))
+        # Wrong images (off-palette, blob, missing or extra object) must score below the right image.
+        wrong_images, usable = self._wrong
+        if usable.any():
+            s_wrong = (self.model.image(wrong_images) * texts[:b]).sum(-1)
+            s_right = (img * texts[:b]).sum(-1)
+            loss = loss + F.softplus(scale * (s_wrong - s_right))[usable].mean()
         for g in self.opt.param_groups:
             g["lr"] = self.lr * 0.5 * (1 + np.cos(np.pi * step / total))
         self.opt.zero_grad(set_to_none=True)
@@ -114,11 +171,12 @@ def measure(model: ShapesScoreModel, reward: ShapesScore, seeds: int = 4, seed: 
 
     Renders every held-out prompt ``seeds`` times (clean) and compares its score with the score of each
     applicable mismatch (colour, count, relation, shape) and of a random other held-out prompt the scene does
-    not satisfy.
+    not satisfy; and, on the image side, how often a corrupted scene (:func:`corrupt`) that no longer satisfies
+    the prompt scores below the true scene.
     """
     rng, prng = np.random.default_rng(seed), random.Random(seed)
     metas = load_metadata("eval")
-    wins: dict[str, list[bool]] = {k: [] for k in (*KINDS, "random")}
+    wins: dict[str, list[bool]] = {k: [] for k in (*KINDS, "random", "wrong_image")}
     for _ in range(seeds):
         for meta in metas:
             scene = scene_for(meta, rng)
@@ -133,6 +191,10 @@ def measure(model: ShapesScoreModel, reward: ShapesScore, seeds: int = 4, seed: 
             scores = (img * model.text(reward.tokens(texts))).sum(-1)
             for k, s in zip(kinds, scores[1:], strict=True):
                 wins[k].append(bool(s < scores[0]))
+            bad = corrupt(scene, rng)
+            if not check(meta, scene_detections(bad)):
+                s_bad = (model.image(torch.from_numpy(render(bad))[None]) * model.text(reward.tokens(texts[:1]))).sum()
+                wins["wrong_image"].append(bool(s_bad < scores[0]))
     return {f"acc_vs_{k}": float(np.mean(v)) for k, v in wins.items() if v} | {
         f"n_{k}": len(v) for k, v in wins.items()
     }
