@@ -87,3 +87,24 @@ def test_short_leapalign_run_raises_shapes_score(tmp_path: Path) -> None:
     ckpt.load_into(ckpt.named_trainable(model.transformer), ckpt.latest_checkpoint(run) / "trainable.safetensors")
     after = mean_score(model)
     assert after > before + 0.01, (before, after)
+
+
+def test_eval_command_writes_the_shapes_metrics(tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    rc = main(
+        [
+            "eval",
+            "--config",
+            "shapes/leapalign",
+            "--images-per-prompt",
+            "1",
+            "--out",
+            str(out),
+            "evaluation.num_steps=4",
+        ]
+    )
+    assert rc == 0
+    metrics = json.loads((out / "eval.json").read_text())
+    for key in ("shapes_score.mean", "shapes_score.std", "shapes_eval.overall", "shapes_eval.position"):
+        assert key in metrics
+    assert metrics["num_images"] == 96 and (out / "samples.png").is_file()
