@@ -32,8 +32,8 @@ from leapalign.models.text import FluxTextEncoder, PromptCache, TextEncoder
 
 logger = logging.getLogger(__name__)
 
-# FLUX.1 dynamic-shift constants hard-wired in ``flux_sigmas``.
-_FLUX_SHIFT_CONFIG = {
+# FLUX.1 dynamic-shift scheduler constants (the defaults of ``flux_mu``, used by ``flux_sigmas``).
+FLUX_SHIFT_CONFIG = {
     "base_shift": 0.5,
     "max_shift": 1.15,
     "base_image_seq_len": 256,
@@ -348,7 +348,7 @@ def _check_scheduler(config: Any) -> None:
     """Warns when a scheduler differs from the FLUX.1 dynamic shift that ``flux_sigmas`` implements."""
     if not config.get("use_dynamic_shifting", False):
         logger.warning("Flux scheduler has use_dynamic_shifting=False; leapalign uses the FLUX.1 dynamic shift.")
-    for key, value in _FLUX_SHIFT_CONFIG.items():
+    for key, value in FLUX_SHIFT_CONFIG.items():
         if key in config and abs(float(config[key]) - value) > 1e-9:
             logger.warning(
                 "Flux scheduler %s=%s differs from %s used by leapalign's schedule.", key, config[key], value

@@ -31,6 +31,8 @@ from transformers import (
     T5Tokenizer,
 )
 
+from leapalign.models.flux import FLUX_SHIFT_CONFIG
+
 FLUX_VAE_SCALING, FLUX_VAE_SHIFT = 0.3611, 0.1159
 SD3_VAE_SCALING, SD3_VAE_SHIFT = 1.5305, 0.0609
 CLIP_WIDTH = 32
@@ -142,14 +144,7 @@ def build_tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True) -> Flu
         t5 = _t5_encoder(len(t5_tok), FLUX_T5_WIDTH)
         vae = build_tiny_vae(FLUX_VAE_SCALING, FLUX_VAE_SHIFT)
         transformer = build_tiny_flux_transformer(guidance_embeds=guidance_embeds)
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        shift=1.0,
-        use_dynamic_shifting=True,
-        base_shift=0.5,
-        max_shift=1.15,
-        base_image_seq_len=256,
-        max_image_seq_len=4096,
-    )
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=True, **FLUX_SHIFT_CONFIG)
     pipe = FluxPipeline(
         scheduler=scheduler,
         vae=vae,
