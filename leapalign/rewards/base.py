@@ -9,6 +9,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from leapalign.rewards.normalize import RunningNormalizer
+
 
 @runtime_checkable
 class RewardFn(Protocol):
@@ -51,36 +53,80 @@ class RewardTermConfig:
     args: dict[str, Any] = field(default_factory=dict)
 
 
+NORMALIZE_MODES = ("raw", "running")
+
+
 @dataclass
 class RewardConfig:
-    """The training reward: a weighted sum of one or more terms (``reward.terms``)."""
+    """The training reward: a weighted sum of one or more terms (``reward.terms``).
+
+    Attributes:
+        terms: The rewards and their weights.
+        normalize: ``raw`` (default): ``sum_i w_i r_i`` on each reward's own scale. ``running``: each term is
+            first standardised by a running mean and standard deviation of its training scores
+            (:mod:`leapalign.rewards.normalize`), so the weights set the balance whatever the scales. Hinge
+            thresholds (``method.threshold``) then apply to the normalised sum.
+        momentum: EMA decay of the running statistics (``normalize: running``).
+    """
 
     terms: list[RewardTermConfig] = field(default_factory=lambda: [RewardTermConfig()])
+    normalize: str = "raw"
+    momentum: float = 0.99
 
     def __post_init__(self) -> None:
         if not self.terms:
             raise ValueError("reward.terms is empty: name at least one reward, e.g. reward=brightness.")
+        if self.normalize not in NORMALIZE_MODES:
+            raise ValueError(f"reward.normalize={self.normalize!r} is invalid; allowed: {', '.join(NORMALIZE_MODES)}.")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"reward.momentum={self.momentum} must be in [0, 1).")
 
 
 class WeightedReward:
-    """A weighted sum of rewards, :math:`r = \\sum_i w_i r_i`; it remembers each term of the last call.
+    """A weighted sum of rewards, :math:`r = \\sum_i w_i n_i(r_i)`; it remembers each term of the last call.
+
+    ``n_i`` is the identity (``normalize="raw"``) or a :class:`~leapalign.rewards.normalize.RunningNormalizer`
+    updated by every call (``normalize="running"``).
 
     Attributes:
-        last_terms: Detached per-term scores of the last call, ``{name: Tensor (B,)}``, for logging.
+        last_terms: Detached raw per-term scores of the last call, ``{name: Tensor (B,)}``, for logging.
+        normalizers: One running normaliser per term (``normalize="running"``), else empty.
     """
 
-    def __init__(self, terms: Sequence[tuple[RewardFn, float]]) -> None:
+    def __init__(self, terms: Sequence[tuple[RewardFn, float]], normalize: str = "raw", momentum: float = 0.99) -> None:
         if not terms:
             raise ValueError("a weighted reward needs at least one term.")
+        if normalize not in NORMALIZE_MODES:
+            raise ValueError(f"normalize={normalize!r} is invalid; allowed: {', '.join(NORMALIZE_MODES)}.")
         self.terms = list(terms)
-        self.name = "+".join(r.name for r, _ in self.terms)
+        names = [r.name for r, _ in self.terms]
+        if normalize == "running" and len(set(names)) != len(names):
+            raise ValueError(f"reward terms must have distinct names to be logged separately, got {names}.")
+        self.name = "+".join(names)
         self.differentiable = all(r.differentiable for r, _ in self.terms)
+        self.normalize = normalize
+        self.normalizers = [RunningNormalizer(momentum) for _ in self.terms] if normalize == "running" else []
         self.last_terms: dict[str, Tensor] = {}
+
+    def state_dict(self) -> dict[str, dict[str, float]]:
+        """The running statistics by term name (empty for ``raw``), for checkpoints."""
+        if not self.normalizers:
+            return {}
+        return {r.name: n.state_dict() for (r, _), n in zip(self.terms, self.normalizers, strict=True)}
+
+    def load_state_dict(self, state: dict[str, dict[str, float]]) -> None:
+        """Restores :meth:`state_dict`; every term must be present."""
+        if not self.normalizers:
+            return
+        for (reward, _), norm in zip(self.terms, self.normalizers, strict=True):
+            if reward.name not in state:
+                raise ValueError(f"reward state has no statistics for {reward.name!r} (has {sorted(state)}).")
+            norm.load_state_dict(state[reward.name])
 
     def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         total: Tensor | None = None
         self.last_terms = {}
-        for reward, weight in self.terms:
+        for i, (reward, weight) in enumerate(self.terms):
             score = reward(images, prompts)
             if score.shape != (images.shape[0],):
                 raise ValueError(
@@ -88,6 +134,8 @@ class WeightedReward:
                     f"per image, shape ({images.shape[0]},)."
                 )
             self.last_terms[reward.name] = score.detach()
+            if self.normalizers:
+                score = self.normalizers[i](score)
             total = weight * score if total is None else total + weight * score
         assert total is not None
         return total
