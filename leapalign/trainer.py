@@ -166,6 +166,8 @@ class Trainer:
                 ckpt.tensors_to_file(self.ema.named(), tmp / "ema.safetensors")
             ckpt.optimizer_to_files(self.optimizer, tmp)
             state = {"step": self.step, "nan_streak": self.nan_streak, "world_size": acc.num_processes}
+            if self.reward.state_dict():  # running reward normalisation (reward.normalize=running)
+                state["reward_state"] = self.reward.state_dict()
             final = ckpt.commit(tmp, state, self.cfg.run.keep_checkpoints)
             logger.info("saved checkpoint %s", final)
         acc.wait_for_everyone()
@@ -184,6 +186,8 @@ class Trainer:
         ckpt.optimizer_from_files(self.optimizer, directory)
         ckpt.generators_from_file(self.gens, directory / f"rng_rank{self.accelerator.process_index}.safetensors")
         self.step, self.nan_streak = int(state["step"]), int(state["nan_streak"])
+        if "reward_state" in state:
+            self.reward.load_state_dict(state["reward_state"])
         logger.info("resumed from %s at step %d", directory, self.step)
 
     # ------------------------------------------------------------------ one optimiser step

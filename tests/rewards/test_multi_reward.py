@@ -85,3 +85,20 @@ def test_config_keys_and_validation() -> None:
         load_config("tiny/leapalign", ["reward.normalize=running", "reward.momentum=1.5"])
     with pytest.raises(ValueError, match="distinct names"):
         WeightedReward([(Const("a", [[1.0]]), 1.0), (Const("a", [[1.0]]), 1.0)], normalize="running")
+
+
+def test_running_normalisation_resumes_exactly(tmp_path) -> None:
+    from leapalign.cli import main
+    from leapalign.metrics import read_metrics
+
+    base = ["train.max_steps=4", "sampler.num_steps=4", "run.tensorboard=false", "run.export=false"]
+    base += ["reward=brightness,saturation", "reward.normalize=running", "reward.momentum=0.5"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["train", "--config", "tiny/leapalign", f"run.output_dir={a}", *base]) == 0
+    assert main(["train", "--config", "tiny/leapalign", f"run.output_dir={b}", *base, "train.max_steps=2"]) == 0
+    assert main(["train", "--config", "tiny/leapalign", "--resume", f"run.output_dir={b}", *base]) == 0
+    ra, rb = read_metrics(a / "metrics.jsonl"), read_metrics(b / "metrics.jsonl")
+    assert [r["step"] for r in rb] == [1, 2, 3, 4]
+    for x, y in zip(ra, rb, strict=True):
+        assert x["loss"] == y["loss"] and x["reward_mean"] == y["reward_mean"]
+        assert x["reward/brightness"] == y["reward/brightness"]  # raw per-term scores are logged
