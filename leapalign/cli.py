@@ -7,6 +7,7 @@ Examples:
     leapalign train --config tiny/leapalign method=drtune run.output_dir=runs/drtune
     leapalign train                                  # the default: LeapAlign on ShapesWorld
     leapalign eval --run runs/demo                   # ShapesScore + ShapesEval on the held-out prompts
+    leapalign eval --run runs/flux --prompts hpdv2_test.json --rewards hpsv2,pickscore --compare base
     leapalign sample --run runs/drtune --prompt "a red circle" --num 4 --out grid.png
     accelerate launch --config_file "$(leapalign accelerate-config ddp_cpu)" -m leapalign.cli train ...
 """
@@ -72,49 +73,19 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _load_run_or_config(args: argparse.Namespace):
-    """The model described by ``--run`` (with its latest checkpoint) or ``--config``; returns (cfg, model)."""
-    import torch
+    """The model described by ``--run`` (a run's latest checkpoint, or one checkpoint) or ``--config``."""
+    from leapalign.eval.models import build_source, resolve_source
 
-    from leapalign import checkpoint as ckpt
-    from leapalign.models import build_model
-
-    if args.run is not None:
-        run = Path(args.run)
-        if not (run / "config.yaml").is_file():
-            raise ConfigError(f"--run {run}: no config.yaml there; give the output_dir of a `leapalign train` run.")
-        cfg = load_config(str(run / "config.yaml"), args.overrides)
-    else:
-        cfg = load_config(args.config, args.overrides)
-    model = build_model(cfg.model, device="cuda" if torch.cuda.is_available() else "cpu")
-    if args.run is not None:
-        latest = ckpt.latest_checkpoint(Path(args.run))
-        if latest is None:
-            raise ConfigError(f"--run {args.run}: no complete checkpoint under checkpoints/.")
-        use_ema = not args.no_ema and (latest / "ema.safetensors").is_file()
-        weights = latest / ("ema.safetensors" if use_ema else "trainable.safetensors")
-        ckpt.load_into(ckpt.named_trainable(model.transformer), weights)
-        print(f"loaded {weights}")
-    return cfg, model
+    source = resolve_source(args.config, args.run, args.overrides, args.no_ema)
+    if source.weights is not None:
+        print(f"loaded {source.weights}")
+    return source.cfg, build_source(source)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from dataclasses import replace
+    from leapalign.eval.command import print_summary, run_eval_command
 
-    from leapalign.evaluation import evaluate_model
-
-    cfg, model = _load_run_or_config(args)
-    ecfg = replace(
-        cfg.evaluation,
-        images_per_prompt=args.images_per_prompt or cfg.evaluation.images_per_prompt,
-        prompts=args.prompts,
-    )
-    out = Path(args.out) if args.out else (Path(args.run) / "eval" if args.run else Path("runs/eval"))
-    out.mkdir(parents=True, exist_ok=True)
-    metrics = evaluate_model(model, ecfg, cfg.sampler.height, cfg.sampler.width, out)
-    for key, value in metrics.items():
-        if key.startswith(("shapes_score", "shapes_eval")):
-            print(f"{key:28s} {value:.4f}")
-    print(f"wrote {out / 'eval.json'} and {out / 'samples.png'}")
+    print(print_summary(run_eval_command(args)))
     return 0
 
 
@@ -128,7 +99,9 @@ def _cmd_rewards(args: argparse.Namespace) -> int:
     from leapalign.rewards import REWARDS
 
     for name, (_, doc) in sorted(REWARDS.items()):
-        print(f"{name:22s} {doc}")
+        print(f"{name:20s} {doc}")
+    print("\nModel-based rewards load their weights on first use; see docs/rewards.md for the files and where to")
+    print("put them (reward args, or the folder named by $LEAPALIGN_REWARD_DIR).")
     print("\nAny other reward: reward.terms.0.name=package.module:Object (a class or a function).")
     return 0
 
@@ -162,14 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p.set_defaults(func=_cmd_sample)
 
-    p = sub.add_parser("eval", help="evaluate a base model or a trained run on the held-out ShapesWorld prompts")
-    p.add_argument("--config", default=DEFAULT_CONFIG, help="config naming the model (ignored with --run)")
-    p.add_argument("--run", default=None, help="a training run directory: loads its latest checkpoint")
-    p.add_argument("--no-ema", action="store_true", help="use the live weights instead of the EMA weights")
-    p.add_argument("--prompts", default="shapes:eval", choices=["shapes:eval", "shapes:train"])
-    p.add_argument("--images-per-prompt", type=int, default=None)
-    p.add_argument("--out", default=None, help="output directory (default: <run>/eval or runs/eval)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p = sub.add_parser(
+        "eval", help="evaluate a base model or a checkpoint on a prompt set with rewards (resumable; --compare)"
+    )
+    from leapalign.eval.command import add_eval_arguments
+
+    add_eval_arguments(p, DEFAULT_CONFIG)
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("configs", help="list the shipped configs")

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from _openclip_ref import OpenClipReference
-from _tiny_models import CONTEXT, make_clip_tokenizer, tiny_clip_model
-from transformers import CLIPImageProcessor
+from _tiny_clip import CONTEXT, make_clip_tokenizer, save_tiny_clip_folder
 
 
 @pytest.fixture(scope="session")
@@ -21,12 +20,7 @@ def tokenizer_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def clip_dir(tmp_path_factory) -> Path:
     """A Hugging Face CLIP folder: model, tokenizer and a 32-pixel CLIP image processor (Pillow path)."""
-    path = tmp_path_factory.mktemp("tiny_clip")
-    tok = make_clip_tokenizer()
-    tiny_clip_model(len(tok)).save_pretrained(path)
-    tok.save_pretrained(path)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
-    return path
+    return save_tiny_clip_folder(tmp_path_factory.mktemp("tiny_clip"))
 
 
 @pytest.fixture(scope="session")

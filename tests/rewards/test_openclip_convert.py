@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _tiny_models import make_clip_tokenizer
+from _tiny_clip import make_clip_tokenizer
 from transformers import CLIPModel
 
 from leapalign.rewards.openclip_convert import (

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from _tiny_models import make_clip_tokenizer
+from _tiny_clip import make_clip_tokenizer
 from PIL import Image
 from transformers import CLIPImageProcessor, CLIPModel
 

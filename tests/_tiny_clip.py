@@ -1,10 +1,12 @@
-"""Tiny random-init CLIP pieces shared by the reward tests."""
+"""Tiny random-init CLIP pieces shared by the reward and evaluation tests (no downloads)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from tokenizers.pre_tokenizers import ByteLevel
-from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
 CONTEXT = 16
 
@@ -32,3 +34,12 @@ def tiny_clip_model(vocab: int, seed: int = 0) -> CLIPModel:
         hidden_act="gelu",
     )  # fmt: skip
     return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).eval()
+
+
+def save_tiny_clip_folder(path: Path) -> Path:
+    """A Hugging Face CLIP folder: model, tokenizer and a 32-pixel CLIP image processor (Pillow path)."""
+    tok = make_clip_tokenizer()
+    tiny_clip_model(len(tok)).save_pretrained(path)
+    tok.save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    return path

@@ -1,0 +1,120 @@
+"""On-disk state of one evaluation, written so that an interrupted run resumes without redoing finished images.
+
+Layout of an evaluation folder::
+
+    settings.json              what is evaluated (model, prompts, sampling, rewards); a resumed run must match
+    images/00000/metadata.jsonl  the prompt's entry (GenEval's layout: GenEval's evaluator reads this folder)
+    images/00000/samples/0000.png  image r of prompt i, 8-bit PNG, written to a temporary name then renamed
+    records.jsonl              one line per finished image (its scores), appended after its PNG exists
+
+An image counts as done when its record and its PNG both exist.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+OUTPUTS = ("settings.json", "records.jsonl", "images", "eval.json", "images.csv", "samples.png", "report.md")
+
+
+def image_path(root: Path, prompt_index: int, repeat: int) -> Path:
+    return root / "images" / f"{prompt_index:05d}" / "samples" / f"{repeat:04d}.png"
+
+
+def quantize(images: Tensor) -> Tensor:
+    """Rounds ``[0, 1]`` images to the 8-bit values their PNGs hold (scores are computed on these)."""
+    return (images.clamp(0, 1) * 255).round() / 255
+
+
+def save_png(image: Tensor, path: Path) -> None:
+    """Writes one ``(3, H, W)`` image in ``[0, 1]`` as PNG atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    Image.fromarray(np.ascontiguousarray(arr)).save(tmp)
+    os.replace(tmp, path)
+
+
+def load_png(path: Path) -> Tensor:
+    """Reads a PNG as a ``(3, H, W)`` float tensor in ``[0, 1]``."""
+    arr = np.asarray(Image.open(path).convert("RGB"))
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255
+
+
+class EvalStore:
+    """The evaluation folder: settings check, images and per-image records.
+
+    Args:
+        root: The folder.
+        settings: Everything that determines the results (compared with an earlier run's ``settings.json``).
+        overwrite: Delete an earlier evaluation in ``root`` first.
+    """
+
+    def __init__(self, root: Path, settings: dict[str, Any], overwrite: bool = False) -> None:
+        self.root = Path(root)
+        self.settings = json.loads(json.dumps(settings))  # plain JSON types, as they are read back
+        if overwrite:
+            for name in OUTPUTS:
+                target = self.root / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / "settings.json"
+        if path.is_file():
+            earlier = json.loads(path.read_text())
+            if earlier != self.settings:
+                keys = sorted(k for k in set(earlier) | set(self.settings) if earlier.get(k) != self.settings.get(k))
+                raise ValueError(
+                    f"{self.root} holds an evaluation with other settings (differing: {', '.join(keys)}); resume "
+                    f"needs the same settings. Pass --overwrite to replace it, or choose another --out."
+                )
+        else:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.settings, indent=1))
+            tmp.replace(path)
+
+    def records(self) -> dict[tuple[int, int], dict]:
+        """Finished images by ``(prompt_index, repeat)``; a truncated last line or a missing PNG means unfinished."""
+        path = self.root / "records.jsonl"
+        out: dict[tuple[int, int], dict] = {}
+        if not path.is_file():
+            return out
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            key = (int(rec["prompt_index"]), int(rec["repeat"]))
+            if (self.root / rec["file"]).is_file():
+                out[key] = rec
+        return out
+
+    def write_metadata(self, prompt_index: int, entry: dict) -> None:
+        path = self.root / "images" / f"{prompt_index:05d}" / "metadata.jsonl"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(entry) + "\n")
+
+    def add(self, records: list[dict], images: Tensor) -> None:
+        """Saves the images (PNG) and then appends their records, flushed to disk."""
+        for rec, image in zip(records, images, strict=True):
+            save_png(image, self.root / rec["file"])
+        with (self.root / "records.jsonl").open("a") as fh:
+            for rec in records:
+                fh.write(json.dumps(rec) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def load_image(self, record: dict) -> Tensor:
+        return load_png(self.root / record["file"])
