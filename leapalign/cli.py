@@ -102,7 +102,8 @@ def _cmd_rewards(args: argparse.Namespace) -> int:
         print(f"{name:20s} {doc}")
     print("\nModel-based rewards load their weights on first use; see docs/rewards.md for the files and where to")
     print("put them (reward args, or the folder named by $LEAPALIGN_REWARD_DIR).")
-    print("\nAny other reward: reward.terms.0.name=package.module:Object (a class or a function).")
+    print("\nAny other reward: reward=package.module:Object (a class or a function), or with arguments")
+    print('"reward.terms=[{name: package.module:Object, args: {key: value}}]".')
     return 0
 
 

@@ -201,3 +201,13 @@ def test_rewards_are_lazy_and_frozen(clip_dir: Path) -> None:
     params = list(reward.scorer.model.parameters())
     assert reward._loaded and not any(p.requires_grad for p in params) and not reward.scorer.model.training
     assert reward.embed(torch.rand(3, 3, 40, 40)).shape == (3, 16)
+
+
+def test_rewards_command_lists_what_each_needs(capsys) -> None:
+    from leapalign.cli import main
+
+    assert main(["rewards"]) == 0
+    out = capsys.readouterr().out
+    for needle in ("HPS_v2.1_compressed.pt", "yuvalkirstain/PickScore_v1", "sac+logos+ava1-l14-linearMSE.pth"):
+        assert needle in out
+    assert "pip install image-reward" in out and "hpsv3" in out and "NOT SUPPORTED" in out
