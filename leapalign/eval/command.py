@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -105,13 +106,14 @@ def _sampling(args: argparse.Namespace, source: ModelSource) -> SamplingSettings
 
 def _evaluate_one(source: ModelSource, out: Path, common: dict[str, Any], args: argparse.Namespace) -> tuple:
     logger.info("evaluating %s into %s", source.label, out)
+    sampling = replace(common["sampling"], guidance=source.cfg.model.guidance_scale)
     model = build_source(source)
     try:
         run = run_evaluation(
             model,
             common["prompts"],
             common["rewards"],
-            common["sampling"],
+            sampling,
             out,
             source.identity(),
             common["reward_identity"],

@@ -116,6 +116,9 @@ def run_evaluation(
         "shapes_eval": shapes,
     }
     store = EvalStore(Path(out_dir), settings, overwrite=overwrite)
+    for reward in rewards:  # load the reward weights now: a missing file fails before any image is generated
+        if callable(getattr(reward, "load", None)):
+            reward.load(model.device)
     done = store.records()
     n, r_count = len(prompt_set), sampling.images_per_prompt
     todo = [(i, r) for i in range(n) for r in range(r_count) if (i, r) not in done]

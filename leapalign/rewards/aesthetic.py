@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from leapalign.rewards.clip_common import LazyReward
 from leapalign.rewards.preprocess import OPENAI_CLIP, preprocess
-from leapalign.rewards.weights import load_pretrained, resolve_file
+from leapalign.rewards.weights import check_local, load_pretrained, resolve_file
 
 AESTHETIC_FILE = "sac+logos+ava1-l14-linearMSE.pth"
 AESTHETIC_URL = (
@@ -81,6 +81,8 @@ class LaionAesthetic(LazyReward):
 
     def __init__(self, head: str | None = None, clip_model: str = AESTHETIC_CLIP, dtype: str = "fp32") -> None:
         super().__init__(dtype)
+        check_local(head, what="aesthetic head", arg="aesthetic.head")
+        check_local(clip_model, what="aesthetic CLIP model", arg="aesthetic.clip_model")
         self.head_path, self.clip_id = head, clip_model
 
     def _load(self) -> None:

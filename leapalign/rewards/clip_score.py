@@ -12,7 +12,7 @@ from torch import Tensor
 
 from leapalign.rewards.clip_common import ClipReward, ClipScorer
 from leapalign.rewards.preprocess import ImageSpec, spec_from_hf_processor
-from leapalign.rewards.weights import load_pretrained
+from leapalign.rewards.weights import check_local, load_pretrained
 
 
 def load_clip_folder(model: str, processor: str | None, what: str, arg: str) -> tuple:
@@ -48,6 +48,7 @@ class ClipScore(ClipReward):
 
     def __init__(self, model: str = "openai/clip-vit-large-patch14", scale: float = 1.0, dtype: str = "fp32") -> None:
         super().__init__(dtype)
+        check_local(model, what="CLIP score model", arg="clip_score.model")
         self.model_id, self.scale = model, float(scale)
 
     def _load(self) -> None:

@@ -19,7 +19,7 @@ from torch import Tensor
 from leapalign.rewards.clip_common import ClipReward, ClipScorer
 from leapalign.rewards.openclip_convert import load_openclip_state_dict, openclip_to_transformers
 from leapalign.rewards.preprocess import HPSV2
-from leapalign.rewards.weights import load_pretrained, resolve_file
+from leapalign.rewards.weights import check_local, load_pretrained, resolve_file
 
 HPS_REPO = "xswu/HPSv2"
 HPS_FILES = {"v2.0": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}
@@ -52,6 +52,8 @@ class HPSv2(ClipReward):
         super().__init__(dtype)
         if version not in HPS_FILES:
             raise ValueError(f"hpsv2 version={version!r} is invalid; allowed: {', '.join(HPS_FILES)}.")
+        check_local(checkpoint, what="HPSv2 checkpoint", arg="hpsv2.checkpoint")
+        check_local(tokenizer, what="HPSv2 tokenizer", arg="hpsv2.tokenizer")
         self.checkpoint, self.version, self.tokenizer_id = checkpoint, version, tokenizer
         self.heads = dict(vision_heads=vision_heads, text_heads=text_heads)
 

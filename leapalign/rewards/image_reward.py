@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from leapalign.rewards.clip_common import LazyReward
 from leapalign.rewards.preprocess import OPENAI_CLIP, preprocess
+from leapalign.rewards.weights import check_local
 
 INSTALL_HINT = (
     "ImageReward needs the `image-reward` package (import name `ImageReward`), which is not installed. Install it "
@@ -59,6 +60,8 @@ class ImageReward(LazyReward):
         dtype: str = "fp32",
     ) -> None:
         super().__init__(dtype)
+        check_local(model, what="ImageReward checkpoint", arg="image_reward.model")
+        check_local(med_config, what="ImageReward med_config.json", arg="image_reward.med_config")
         self.model_name, self.med_config, self.download_root = model, med_config, download_root
         self.max_length = max_length
 

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from leapalign.rewards.clip_common import ClipReward, ClipScorer
 from leapalign.rewards.clip_score import load_clip_folder
+from leapalign.rewards.weights import check_local
 
 PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"
 PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -38,6 +39,8 @@ class PickScore(ClipReward):
         dtype: str = "fp32",
     ) -> None:
         super().__init__(dtype)
+        check_local(model, what="PickScore model", arg="pickscore.model")
+        check_local(processor, what="PickScore processor", arg="pickscore.processor")
         self.model_id, self.processor_id, self.scale = model, processor, float(scale)
 
     def _load(self) -> None:

@@ -28,6 +28,15 @@ def _looks_local(spec: str) -> bool:
     return spec.startswith(("/", ".", "~")) or spec.count("/") > 1 or "\\" in spec
 
 
+def check_local(spec: str | None, *, what: str, arg: str) -> None:
+    """Fails at construction (before any model is built) when ``spec`` is a local path that does not exist.
+
+    Hub ids and ``None`` pass; they are resolved when the weights load.
+    """
+    if spec is not None and _looks_local(spec) and not Path(spec).expanduser().exists():
+        raise FileNotFoundError(f"{what}: {spec} does not exist; fix the reward argument {arg} (see docs/rewards.md).")
+
+
 def resolve_file(
     spec: str | None,
     *,

@@ -113,3 +113,15 @@ def test_compare_a_trained_run_with_its_base_model(setup, capsys) -> None:
     assert main(["eval", *args, "--run", str(run / "checkpoints/step_000002"), "--no-ema", "--out", str(live)]) == 0
     weights = json.loads((live / "settings.json").read_text())["model"]["weights"]
     assert weights.endswith("step_000002/trainable.safetensors")
+
+
+def test_full_fine_tuning_checkpoint(setup) -> None:
+    root, args = setup["root"], setup["args"]
+    run = root / "full_ft"
+    train = ["train", "--config", "tiny/leapalign", f"run.output_dir={run}", "model.finetune=full", "train.lr=1e-2"]
+    assert main([*train, "train.max_steps=1", "sampler.num_steps=2", "run.tensorboard=false", "run.export=false"]) == 0
+    out = root / "full_ft_eval"
+    assert main(["eval", *args, "--run", str(run), "--compare", "base", "--limit", "1", "--out", str(out)]) == 0
+    comp = json.loads((out / "compare.json").read_text())
+    assert json.loads((out / "A/settings.json").read_text())["model"]["finetune"] == "full"
+    assert comp["full_ft"]["brightness.mean"] != comp["base"]["brightness.mean"]

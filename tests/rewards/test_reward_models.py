@@ -151,7 +151,7 @@ class _StubImageReward(torch.nn.Module):
         return self.proj(image.mean(dim=(2, 3))) + prompt_ids[:, 1:2].float() / 100
 
 
-def test_image_reward_uses_the_package_differentiably(monkeypatch) -> None:
+def test_image_reward_uses_the_package_differentiably(monkeypatch, tmp_path: Path) -> None:
     stub = _StubImageReward()
     calls: list[tuple] = []
 
@@ -161,9 +161,12 @@ def test_image_reward_uses_the_package_differentiably(monkeypatch) -> None:
 
     monkeypatch.setitem(sys.modules, "ImageReward", types.SimpleNamespace(load=load))
     images, _ = photo_batch()
-    reward = ImageReward(model="/w/ImageReward.pt", med_config="/w/med_config.json")
+    weights, med = tmp_path / "ImageReward.pt", tmp_path / "med_config.json"
+    weights.write_bytes(b"")
+    med.write_text("{}")
+    reward = ImageReward(model=str(weights), med_config=str(med))
     scores = reward(images, PROMPTS)
-    assert scores.shape == (2,) and calls == [("/w/ImageReward.pt", "cpu", None, "/w/med_config.json")]
+    assert scores.shape == (2,) and calls == [(str(weights), "cpu", None, str(med))]
     assert stub.blip.tokenizer.calls[0] == dict(
         padding="max_length", truncation=True, max_length=35, return_tensors="pt"
     )
@@ -177,8 +180,10 @@ def test_missing_packages_and_files_say_what_to_do(tmp_path: Path, monkeypatch) 
     images = torch.rand(2, 3, 32, 32)
     with pytest.raises(ImportError, match="pip install image-reward"):
         build_reward_term(RewardTermConfig("image_reward"))(images, PROMPTS)
-    with pytest.raises(FileNotFoundError, match=r"HPS_v2\.1_compressed\.pt.*hpsv2\.checkpoint"):
-        HPSv2(checkpoint=str(tmp_path / "nope.pt"))(images, PROMPTS)
+    with pytest.raises(FileNotFoundError, match=r"nope\.pt does not exist.*hpsv2\.checkpoint"):
+        HPSv2(checkpoint=str(tmp_path / "nope.pt"))  # fails at construction, before any model is built
+    with pytest.raises(FileNotFoundError, match=r"has no HPS_v2\.1_compressed\.pt.*hpsv2\.checkpoint"):
+        HPSv2(checkpoint=str(tmp_path))(images, PROMPTS)
     monkeypatch.delenv(REWARD_DIR_ENV, raising=False)
     with pytest.raises(FileNotFoundError, match=rf"xswu/HPSv2.*\${REWARD_DIR_ENV}/HPS_v2_compressed\.pt"):
         HPSv2(version="v2.0")(images, PROMPTS)
