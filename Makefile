@@ -5,6 +5,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum 
 PYTEST := $(PY) -m pytest
 
 .PHONY: setup test test-slow test-all demo lint format clean
+.PHONY: bench-methods bench-ablations bench-cost bench-cost-gpu bench-fidelity bench-report
 
 $(STAMP):
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -28,12 +29,34 @@ test-all: setup
 demo: setup            ## the main job: LeapAlign on ShapesWorld, evaluated before and after (runs/demo)
 	$(VENV)/bin/leapalign train --config shapes/leapalign run.output_dir=runs/demo run.overwrite=true
 
+# Benchmarks (issue 4; docs/benchmarks.md). One torch thread per process by default; the sweeps are resumable:
+# stop them at any time and run the same target again. Preload jemalloc for honest CPU memory (apt libjemalloc2).
+BENCH := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m benchmarks
+
+bench-methods: setup   ## every method x 3 seeds on ShapesWorld (hours on 2 cores) -> benchmarks/results/methods.json
+	$(BENCH).sweep --suite methods
+
+bench-ablations: setup ## the paper's Figure 4 ablations of LeapAlign -> benchmarks/results/ablations.json
+	$(BENCH).sweep --suite ablations
+
+bench-cost: setup      ## seconds per iteration and peak memory vs T on the CPU -> benchmarks/results/cost.json
+	$(BENCH).cost
+
+bench-cost-gpu: setup  ## the same at FLUX.1-dev / SD3.5-Medium size on one H100/H200 -> results/cost_gpu.json
+	$(PY) -m benchmarks.cost_gpu
+
+bench-fidelity: setup  ## LeapAlign / ReFL / DRTune gradients vs full backprop -> results/grad_fidelity.json
+	$(BENCH).grad_fidelity
+
+bench-report: setup    ## docs/benchmarks.md and its figures from the result files
+	$(BENCH).report
+
 lint: setup
-	$(VENV)/bin/ruff check leapalign tests
-	$(VENV)/bin/ruff format --check leapalign tests
+	$(VENV)/bin/ruff check leapalign tests benchmarks
+	$(VENV)/bin/ruff format --check leapalign tests benchmarks
 
 format: setup
-	$(VENV)/bin/ruff format leapalign tests
+	$(VENV)/bin/ruff format leapalign tests benchmarks
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

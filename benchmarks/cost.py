@@ -1,0 +1,235 @@
+"""Cost table on the CPU: seconds per training iteration and peak memory of every method against ``T``.
+
+Usage (from the repository root; about 25 minutes at 1 thread on the project machine):
+
+    python -m benchmarks.cost                                  # every method x T in {10, 25, 50} x both sizes
+    python -m benchmarks.cost --sizes shapes --methods leapalign --steps 25 --force   # one cell again
+
+For every model size and method, one fresh process (jemalloc preloaded with immediate page return when
+installed, else glibc with ``MALLOC_MMAP_THRESHOLD_``) measures each ``T``: ``repeats`` training iterations
+and as many plain no-grad samplings of the same batch, interleaved after one warm-up of each (see
+:mod:`benchmarks.costlib`). Records are upserted into ``benchmarks/results/cost.json`` as each ``T``
+finishes, keyed by ``(method, T, device, model_size)``; a cell whose settings hash matches is skipped.
+
+Sizes: ``shapes`` is the shipped ShapesWorld model (2.39M parameters, 32 px, true CFG 3, batch 8, the
+protocol's settings); ``flux-20m`` is a random-init Flux-architecture transformer (2 double + 4 single blocks,
+hidden 384: 20.5M parameters) in the same pixel-space adapter at 64 px, one forward per step (no CFG, as the
+guidance-distilled FLUX.1-dev), batch 2. Method options are those of the methods suite in
+``benchmarks/protocol.yaml``, except that AlignProp backpropagates through the whole chain (its window is
+random in the sweep; here its worst case, which is DRaFT with full backprop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import RESULTS, ROOT, allocator_env, provenance, read_records, set_threads, upsert_record
+from benchmarks.protocol import DEFAULT_PROTOCOL, Protocol, load_protocol
+
+OUT = RESULTS / "cost.json"
+MODELS_DIR = ROOT / "benchmarks" / "runs" / "cost_models"
+STEPS = (10, 25, 50)
+SIZES: dict[str, dict[str, Any]] = {
+    "shapes": {"arch": None, "resolution": 32, "batch": 8, "guidance": None},
+    "flux-20m": {
+        "arch": {
+            "num_layers": 2,
+            "num_single_layers": 4,
+            "num_attention_heads": 6,
+            "attention_head_dim": 64,
+            "axes_dims_rope": [16, 24, 24],
+        },
+        "resolution": 64,
+        "batch": 2,
+        "guidance": 1.0,
+    },
+}
+MEMORY_METHOD = "CPU resident set: peak (VmHWM after clear_refs) and peak minus RSS before the iteration"
+
+
+def method_overrides(protocol: Protocol, name: str, num_steps: int) -> list[str]:
+    """The methods suite's overrides for method ``name`` (AlignProp: full chain); defaults if absent."""
+    cell = next((c for c in protocol.cells("methods") if c.method == name and not c.is_base), None)
+    overrides = list(cell.overrides) if cell is not None else [f"method={name}"]
+    if name == "alignprop":
+        overrides += [f"method.min_grad_steps={num_steps}", f"method.max_grad_steps={num_steps}"]
+    return overrides
+
+
+def size_overrides(size: str, num_steps: int) -> list[str]:
+    spec = SIZES[size]
+    res = spec["resolution"]
+    out = [f"sampler.num_steps={num_steps}", f"sampler.height={res}", f"sampler.width={res}"]
+    out.append(f"data.batch_size={spec['batch']}")
+    if spec["arch"] is not None:
+        out.append(f"model.path={MODELS_DIR / size}")
+    if spec["guidance"] is not None:
+        out.append(f"model.guidance_scale={spec['guidance']}")
+    return out
+
+
+def cell_hash(protocol: Protocol, size: str, method: str, num_steps: int, repeats: int) -> str:
+    payload = {
+        "size": SIZES[size],
+        "overrides": [*protocol.common, *method_overrides(protocol, method, num_steps)],
+        "base": protocol.base_config,
+        "T": num_steps,
+        "repeats": repeats,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def ensure_model(size: str) -> None:
+    """Writes the random-init transformer of ``size`` (seed 0) once, as a diffusers model folder."""
+    spec = SIZES[size]
+    folder = MODELS_DIR / size
+    if spec["arch"] is None or (folder / "config.json").is_file():
+        return
+    from leapalign.shapes.model import ShapesArch
+
+    arch = dict(spec["arch"])
+    arch["axes_dims_rope"] = tuple(arch["axes_dims_rope"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        ShapesArch(**arch).build().save_pretrained(str(folder))
+
+
+def measure_cell(protocol: Protocol, size: str, method: str, num_steps: int, repeats: int) -> dict[str, Any]:
+    """Builds model, reward and method for one cell and measures it (this process)."""
+    from benchmarks.costlib import make_sampling, make_train_iteration, measure
+    from leapalign.data import load_prompts
+    from leapalign.methods import Batch, build_method
+    from leapalign.models import build_model
+    from leapalign.rewards import build_reward
+
+    cfg = protocol.load([*method_overrides(protocol, method, num_steps), *size_overrides(size, num_steps)])
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    reward = build_reward(cfg.reward)
+    h, w, b = cfg.sampler.height, cfg.sampler.width, cfg.data.batch_size
+    prompts = load_prompts(cfg.data.prompts)[:b]
+    noise = torch.randn((b, *model.latent_shape(h, w)), generator=torch.Generator().manual_seed(0))
+    batch = Batch(
+        prompts=prompts,
+        cond=model.encode_prompts(prompts),
+        noise=noise,
+        sigmas=model.sigmas(num_steps, h, w),
+        height=h,
+        width=w,
+        generator=torch.Generator().manual_seed(1),
+        step_generator=torch.Generator().manual_seed(2),
+    )
+    params = model.trainable_parameters()
+    iteration = make_train_iteration(
+        model, build_method(cfg.method), batch, reward, params, cfg.train.lr, cfg.train.grad_clip
+    )
+    result = measure(iteration, make_sampling(model, batch), torch.device("cpu"), repeats)
+    return {
+        "method": method,
+        "T": num_steps,
+        "device": "cpu",
+        "model_size": size,
+        "model_params": sum(p.numel() for p in model.transformer.parameters()),
+        "trainable_params": sum(p.numel() for p in params),
+        "resolution": h,
+        "batch": b,
+        "forwards_per_step": 2 if getattr(model, "uses_true_cfg", False) else 1,
+        **result.summary(),
+        "memory_method": MEMORY_METHOD,
+        "method_config": asdict(cfg.method),
+        "repeats": repeats,
+        "warmup": 1,
+    }
+
+
+def run_worker(spec_path: Path) -> int:
+    spec = json.loads(spec_path.read_text())
+    set_threads(int(spec["threads"]))
+    protocol = load_protocol(spec["protocol"])
+    out = Path(spec["out"])
+    for num_steps in spec["steps"]:
+        record = measure_cell(protocol, spec["size"], spec["method"], num_steps, spec["repeats"])
+        record["cost_hash"] = cell_hash(protocol, spec["size"], spec["method"], num_steps, spec["repeats"])
+        record.update(provenance(int(spec["threads"])))
+        record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        upsert_record(out, record, cost_key)
+        print(
+            f"{spec['size']} {spec['method']} T={num_steps}: {record['sec_per_iter']:.3f} s/iter, sampling "
+            f"{record['sampling_sec']:.3f} s, peak {record['peak_mem_mb']:.0f} MiB "
+            f"(+{record['peak_mem_delta_mb']:.1f})",
+            flush=True,
+        )
+        gc.collect()
+    return 0
+
+
+def cost_key(record: dict[str, Any]) -> tuple[Any, ...]:
+    return (record.get("method"), record.get("T"), record.get("device"), record.get("model_size"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from leapalign.methods import METHODS
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default=",".join(SIZES), help="comma-separated sizes (default: %(default)s)")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods (default: all)")
+    p.add_argument("--steps", default=",".join(map(str, STEPS)), help="sampling steps T (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=3, help="timed iterations per cell (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    p.add_argument("--protocol", type=Path, default=DEFAULT_PROTOCOL)
+    p.add_argument("--out", type=Path, default=OUT, help="results file (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="measure again even if a matching record exists")
+    p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker is not None:
+        return run_worker(args.worker)
+    protocol = load_protocol(args.protocol)
+    sizes, methods = args.sizes.split(","), args.methods.split(",")
+    bad = [s for s in sizes if s not in SIZES] + [m for m in methods if m not in METHODS]
+    if bad:
+        raise SystemExit(f"unknown size(s)/method(s) {bad}; sizes: {list(SIZES)}, methods: {list(METHODS)}.")
+    steps = [int(s) for s in args.steps.split(",")]
+    env = {**os.environ, **allocator_env(memory_exact=True)[0]}
+    env.update({"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)})
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    failures = 0
+    for size in sizes:
+        ensure_model(size)
+        for method in methods:
+            done = {
+                r["T"]
+                for r in read_records(args.out)
+                if cost_key(r)[::2] == (method, "cpu")
+                and r.get("model_size") == size
+                and r.get("cost_hash") == cell_hash(protocol, size, method, r["T"], args.repeats)
+            }
+            todo = steps if args.force else [t for t in steps if t not in done]
+            if not todo:
+                print(f"{size} {method}: done, skipped", flush=True)
+                continue
+            spec_path = MODELS_DIR.parent / "cost_specs" / f"{size}_{method}.json"
+            spec_path.parent.mkdir(parents=True, exist_ok=True)
+            spec = {"protocol": str(args.protocol.resolve()), "size": size, "method": method, "steps": todo}
+            spec.update({"repeats": args.repeats, "threads": args.threads, "out": str(args.out.resolve())})
+            spec_path.write_text(json.dumps(spec))
+            proc = subprocess.run(
+                [sys.executable, "-m", "benchmarks.cost", "--worker", str(spec_path)], env=env, cwd=ROOT
+            )
+            failures += proc.returncode != 0
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

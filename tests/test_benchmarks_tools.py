@@ -1,0 +1,78 @@
+"""The cost, GPU-cost, gradient-fidelity and report scripts, each on a tiny cell, and the statistics helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # `benchmarks` is a folder of scripts at the repo root, not an installed package
+
+from benchmarks.stats import fmt_ci, mean_ci, verdict  # noqa: E402
+
+
+def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
+
+
+def test_mean_ci_is_a_student_t_interval() -> None:
+    s = mean_ci([1.0, 2.0, 3.0])
+    assert s["mean"] == pytest.approx(2.0) and s["sd"] == pytest.approx(1.0)
+    assert s["hi"] - s["mean"] == pytest.approx(4.302653 / 3**0.5, rel=1e-5)  # t(0.975, 2) * sd / sqrt(n)
+    assert mean_ci([0.5])["lo"] is None and fmt_ci(mean_ci([0.5])) == "0.500"
+    assert verdict([1.0, 1.1, 0.9], [2.0, 2.1, 1.9]) == "lower"
+    assert verdict([1.0, 2.0], [1.1, 1.9]) == "no significant difference"
+    assert verdict([1.0], [2.0]) == "too few seeds"
+
+
+def test_cost_cell_records_time_and_memory_and_skips_when_done(tmp_path: Path) -> None:
+    out = tmp_path / "cost.json"
+    args = ["--sizes", "shapes", "--methods", "leapalign", "--steps", "2", "--repeats", "1", "--out", str(out)]
+    run_module("benchmarks.cost", *args)
+    (rec,) = json.loads(out.read_text())
+    assert (rec["method"], rec["T"], rec["device"], rec["model_size"]) == ("leapalign", 2, "cpu", "shapes")
+    assert rec["sec_per_iter"] > 0 and rec["sampling_sec"] > 0 and rec["peak_mem_mb"] > rec["peak_mem_delta_mb"]
+    assert rec["threads"] == 1 and rec["allocator"] and rec["batch"] == 8
+    again = run_module("benchmarks.cost", *args)
+    assert "done, skipped" in again.stdout and json.loads(out.read_text()) == [rec]
+
+
+def test_cost_gpu_script_runs_tiny_on_cpu(tmp_path: Path) -> None:
+    out = tmp_path / "cost_gpu.json"
+    run_module(
+        "benchmarks.cost_gpu", "--tiny", "--device", "cpu", "--archs", "sd3.5-medium", "--finetune", "lora",
+        "--resolutions", "64", "--methods", "leapalign", "--steps", "2", "--repeats", "1", "--out", str(out),
+    )  # fmt: skip
+    (rec,) = json.loads(out.read_text())
+    assert rec["device"] == "cpu" and rec["tiny"] and not rec["oom"] and rec["sec_per_iter"] > 0
+    assert rec["finetune"] == "lora" and rec["trainable_params"] < rec["model_params"]
+
+
+def test_grad_fidelity_matches_the_library_and_report_builds(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    out, plot = results / "grad_fidelity.json", tmp_path / "fidelity.png"
+    run_module(
+        "benchmarks.grad_fidelity", "--steps", "3", "--batch", "1", "--seeds", "0", "--drtune-draws", "1",
+        "--out", str(out), "--plot", str(plot),
+    )  # fmt: skip
+    fid = json.loads(out.read_text())
+    assert plot.is_file() and len(fid["leapalign"]["per_pair"]) == 3  # every pair k < j of 3 steps
+    for check in fid["library_checks"]:  # the script's estimators are the library methods' gradients
+        assert check["cos"] == pytest.approx(1.0, abs=1e-4) and check["ratio"] == pytest.approx(1.0, abs=1e-3)
+    assert -1.0 <= fid["expected"][0]["leapalign_cos_0.3"] <= 1.0
+
+    doc = tmp_path / "benchmarks.md"
+    run_module("benchmarks.report", "--results-dir", str(results), "--out", str(doc), "--assets", str(tmp_path),
+               "--no-readme")  # fmt: skip
+    text = doc.read_text()
+    assert "## Gradient fidelity" in text and "Not yet run" in text and "Pending a GPU" in text
