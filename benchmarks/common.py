@@ -87,33 +87,68 @@ def jemalloc_path() -> str | None:
     return next((p for p in JEMALLOC_CANDIDATES if Path(p).is_file()), None)
 
 
-def allocator_env(memory_exact: bool = True) -> tuple[dict[str, str], str]:
-    """Environment for a child process whose RSS should track live tensors, and its description.
+def allocator_env() -> tuple[dict[str, str], str]:
+    """Environment for a child process whose memory can be measured honestly, and its description.
 
-    jemalloc (``LD_PRELOAD``) when installed; with ``memory_exact`` it returns freed pages at once
-    (``dirty_decay_ms:0,muzzy_decay_ms:0``), so a fresh peak of the RSS measures what one iteration holds.
-    Without jemalloc, glibc with ``MALLOC_MMAP_THRESHOLD_=131072`` (large blocks are mmapped and returned
-    on free; slower, see docs/benchmarks.md).
+    jemalloc (``LD_PRELOAD``) when installed: fast, and :class:`Jemalloc` reads its exact live-byte counters.
+    Otherwise glibc with ``MALLOC_MMAP_THRESHOLD_=131072`` (large blocks are mmapped and returned on free, so
+    the resident set tracks live memory; slower, see docs/benchmarks.md).
     """
-    env: dict[str, str] = {}
     lib = jemalloc_path()
     if lib is not None:
-        env["LD_PRELOAD"] = lib
-        if memory_exact:
-            env["MALLOC_CONF"] = "dirty_decay_ms:0,muzzy_decay_ms:0"
-        return env, "jemalloc" + (" (decay 0)" if memory_exact else "")
-    env["MALLOC_MMAP_THRESHOLD_"] = MMAP_THRESHOLD
-    return env, f"glibc MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}"
+        return {"LD_PRELOAD": lib}, "jemalloc"
+    return {"MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD}, f"glibc MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}"
 
 
 def allocator_in_use() -> str:
     """Describes the allocator of *this* process from its environment."""
     if "jemalloc" in os.environ.get("LD_PRELOAD", ""):
-        conf = os.environ.get("MALLOC_CONF", "")
-        return "jemalloc" + (" (decay 0)" if "dirty_decay_ms:0" in conf else "")
+        return "jemalloc"
     if os.environ.get("MALLOC_MMAP_THRESHOLD_"):
         return f"glibc MALLOC_MMAP_THRESHOLD_={os.environ['MALLOC_MMAP_THRESHOLD_']}"
     return "glibc (default)"
+
+
+class Jemalloc:
+    """jemalloc's own counters through ``mallctl`` (only when jemalloc is the process's allocator).
+
+    ``thread.peak`` is the peak of (bytes allocated - bytes freed) by the calling thread since its last reset:
+    the exact live-memory peak of a region, unaffected by pages the allocator keeps. With one torch thread
+    on the CPU every tensor of the forward and backward passes is allocated by the main thread.
+    """
+
+    def __init__(self) -> None:
+        import ctypes
+
+        self._ct = ctypes
+        self._lib = ctypes.CDLL(jemalloc_path() or "libjemalloc.so.2")
+
+    @classmethod
+    def active(cls) -> Jemalloc | None:
+        """An instance when jemalloc is preloaded in this process, else ``None``."""
+        return cls() if allocator_in_use() == "jemalloc" and jemalloc_path() else None
+
+    def _read(self, name: str) -> int:
+        value, size = self._ct.c_uint64(0), self._ct.c_size_t(8)
+        rc = self._lib.mallctl(name.encode(), self._ct.byref(value), self._ct.byref(size), None, self._ct.c_size_t(0))
+        if rc != 0:
+            raise RuntimeError(f"mallctl({name!r}) failed with {rc}; is jemalloc built with statistics?")
+        return int(value.value)
+
+    def reset_thread_peak(self) -> None:
+        rc = self._lib.mallctl(b"thread.peak.reset", None, None, None, self._ct.c_size_t(0))
+        if rc != 0:
+            raise RuntimeError(f"mallctl('thread.peak.reset') failed with {rc} (needs jemalloc >= 5.3).")
+
+    def thread_peak_mb(self) -> float:
+        """Peak live bytes of this thread since :meth:`reset_thread_peak`, MiB."""
+        return self._read("thread.peak.read") / 2**20
+
+    def allocated_mb(self) -> float:
+        """Live bytes of the whole process (refreshed statistics), MiB."""
+        epoch, size = self._ct.c_uint64(1), self._ct.c_size_t(8)
+        self._lib.mallctl(b"epoch", self._ct.byref(epoch), self._ct.byref(size), self._ct.byref(epoch), size)
+        return self._read("stats.allocated") / 2**20
 
 
 # --------------------------------------------------------------------------------------- memory probes

@@ -5,18 +5,19 @@ Usage (from the repository root; about 25 minutes at 1 thread on the project mac
     python -m benchmarks.cost                                  # every method x T in {10, 25, 50} x both sizes
     python -m benchmarks.cost --sizes shapes --methods leapalign --steps 25 --force   # one cell again
 
-For every model size and method, one fresh process (jemalloc preloaded with immediate page return when
-installed, else glibc with ``MALLOC_MMAP_THRESHOLD_``) measures each ``T``: ``repeats`` training iterations
-and as many plain no-grad samplings of the same batch, interleaved after one warm-up of each (see
-:mod:`benchmarks.costlib`). Records are upserted into ``benchmarks/results/cost.json`` as each ``T``
-finishes, keyed by ``(method, T, device, model_size)``; a cell whose settings hash matches is skipped.
+For every model size and method, one fresh process (jemalloc preloaded when installed, else glibc with
+``MALLOC_MMAP_THRESHOLD_``) builds the model, reward and optimiser once, runs one warm-up iteration and
+sampling, then measures each ``T``: ``repeats`` training iterations and as many plain no-grad samplings of
+the same batch, interleaved (see :mod:`benchmarks.costlib` for what is timed and how memory is measured).
+Records are upserted into ``benchmarks/results/cost.json`` as each ``T`` finishes, keyed by
+``(method, T, device, model_size)``; a cell whose settings hash matches is skipped.
 
-Sizes: ``shapes`` is the shipped ShapesWorld model (2.39M parameters, 32 px, true CFG 3, batch 8, the
-protocol's settings); ``flux-20m`` is a random-init Flux-architecture transformer (2 double + 4 single blocks,
-hidden 384: 20.5M parameters) in the same pixel-space adapter at 64 px, one forward per step (no CFG, as the
-guidance-distilled FLUX.1-dev), batch 2. Method options are those of the methods suite in
-``benchmarks/protocol.yaml``, except that AlignProp backpropagates through the whole chain (its window is
-random in the sweep; here its worst case, which is DRaFT with full backprop).
+Sizes (``SIZES``): ``shapes`` is the shipped ShapesWorld model at the protocol's settings (32 px, true CFG,
+batch 8); ``flux-20m`` is a random-init Flux-architecture transformer (2 double + 4 single blocks, hidden 384)
+in the same pixel-space adapter at 64 px with one forward per step (no CFG, like the guidance-distilled
+FLUX.1-dev), batch 2 and 2 timed repeats (to keep the whole run near 25 minutes). Method options are those of
+the methods suite in ``benchmarks/protocol.yaml``, except that AlignProp backpropagates through the whole
+chain (its window is random in the sweep; here its worst case, which is DRaFT with full backprop).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ OUT = RESULTS / "cost.json"
 MODELS_DIR = ROOT / "benchmarks" / "runs" / "cost_models"
 STEPS = (10, 25, 50)
 SIZES: dict[str, dict[str, Any]] = {
-    "shapes": {"arch": None, "resolution": 32, "batch": 8, "guidance": None},
+    "shapes": {"arch": None, "resolution": 32, "batch": 8, "guidance": None, "repeats": 3},
     "flux-20m": {
         "arch": {
             "num_layers": 2,
@@ -54,9 +55,9 @@ SIZES: dict[str, dict[str, Any]] = {
         "resolution": 64,
         "batch": 2,
         "guidance": 1.0,
+        "repeats": 2,
     },
 }
-MEMORY_METHOD = "CPU resident set: peak (VmHWM after clear_refs) and peak minus RSS before the iteration"
 
 
 def method_overrides(protocol: Protocol, name: str, num_steps: int) -> list[str]:
@@ -106,52 +107,69 @@ def ensure_model(size: str) -> None:
         ShapesArch(**arch).build().save_pretrained(str(folder))
 
 
-def measure_cell(protocol: Protocol, size: str, method: str, num_steps: int, repeats: int) -> dict[str, Any]:
-    """Builds model, reward and method for one cell and measures it (this process)."""
-    from benchmarks.costlib import make_sampling, make_train_iteration, measure
-    from leapalign.data import load_prompts
-    from leapalign.methods import Batch, build_method
-    from leapalign.models import build_model
-    from leapalign.rewards import build_reward
+class MethodBench:
+    """One method at one size in this process: model, reward and optimiser built once, then any ``T``."""
 
-    cfg = protocol.load([*method_overrides(protocol, method, num_steps), *size_overrides(size, num_steps)])
-    torch.manual_seed(0)
-    model = build_model(cfg.model)
-    reward = build_reward(cfg.reward)
-    h, w, b = cfg.sampler.height, cfg.sampler.width, cfg.data.batch_size
-    prompts = load_prompts(cfg.data.prompts)[:b]
-    noise = torch.randn((b, *model.latent_shape(h, w)), generator=torch.Generator().manual_seed(0))
-    batch = Batch(
-        prompts=prompts,
-        cond=model.encode_prompts(prompts),
-        noise=noise,
-        sigmas=model.sigmas(num_steps, h, w),
-        height=h,
-        width=w,
-        generator=torch.Generator().manual_seed(1),
-        step_generator=torch.Generator().manual_seed(2),
-    )
-    params = model.trainable_parameters()
-    iteration = make_train_iteration(
-        model, build_method(cfg.method), batch, reward, params, cfg.train.lr, cfg.train.grad_clip
-    )
-    result = measure(iteration, make_sampling(model, batch), torch.device("cpu"), repeats)
-    return {
-        "method": method,
-        "T": num_steps,
-        "device": "cpu",
-        "model_size": size,
-        "model_params": sum(p.numel() for p in model.transformer.parameters()),
-        "trainable_params": sum(p.numel() for p in params),
-        "resolution": h,
-        "batch": b,
-        "forwards_per_step": 2 if getattr(model, "uses_true_cfg", False) else 1,
-        **result.summary(),
-        "memory_method": MEMORY_METHOD,
-        "method_config": asdict(cfg.method),
-        "repeats": repeats,
-        "warmup": 1,
-    }
+    def __init__(self, protocol: Protocol, size: str, method: str) -> None:
+        from leapalign.data import load_prompts
+        from leapalign.models import build_model
+        from leapalign.rewards import build_reward
+
+        self.protocol, self.size, self.method = protocol, size, method
+        cfg = self.config(STEPS[0])
+        torch.manual_seed(0)
+        self.model = build_model(cfg.model)
+        self.reward = build_reward(cfg.reward)
+        self.params = self.model.trainable_parameters()
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.grad_clip = cfg.train.grad_clip
+        self.prompts = load_prompts(cfg.data.prompts)[: cfg.data.batch_size]
+        self.warm = False
+
+    def config(self, num_steps: int) -> Any:
+        return self.protocol.load(
+            [*method_overrides(self.protocol, self.method, num_steps), *size_overrides(self.size, num_steps)]
+        )
+
+    def measure(self, num_steps: int, repeats: int) -> dict[str, Any]:
+        """Measures ``T = num_steps`` (one warm-up iteration and sampling before the first ``T`` only)."""
+        from benchmarks.costlib import MemoryProbe, make_sampling, make_train_iteration, measure
+        from leapalign.methods import Batch, build_method
+
+        cfg, model = self.config(num_steps), self.model
+        h, w, b = cfg.sampler.height, cfg.sampler.width, cfg.data.batch_size
+        batch = Batch(
+            prompts=self.prompts,
+            cond=model.encode_prompts(self.prompts),
+            noise=torch.randn((b, *model.latent_shape(h, w)), generator=torch.Generator().manual_seed(0)),
+            sigmas=model.sigmas(num_steps, h, w),
+            height=h,
+            width=w,
+            generator=torch.Generator().manual_seed(1),
+            step_generator=torch.Generator().manual_seed(2),
+        )
+        iteration = make_train_iteration(
+            model, build_method(cfg.method), batch, self.reward, self.optimizer, self.grad_clip
+        )
+        result = measure(
+            iteration, make_sampling(model, batch), torch.device("cpu"), repeats, warmup=0 if self.warm else 1
+        )
+        self.warm = True
+        return {
+            "method": self.method,
+            "T": num_steps,
+            "device": "cpu",
+            "model_size": self.size,
+            "model_params": sum(p.numel() for p in model.transformer.parameters()),
+            "trainable_params": sum(p.numel() for p in self.params),
+            "resolution": h,
+            "batch": b,
+            "forwards_per_step": 2 if getattr(model, "uses_true_cfg", False) else 1,
+            **result.summary(),
+            "memory_method": MemoryProbe(torch.device("cpu")).method,
+            "method_config": asdict(cfg.method),
+            "repeats": repeats,
+        }
 
 
 def run_worker(spec_path: Path) -> int:
@@ -159,16 +177,16 @@ def run_worker(spec_path: Path) -> int:
     set_threads(int(spec["threads"]))
     protocol = load_protocol(spec["protocol"])
     out = Path(spec["out"])
+    bench = MethodBench(protocol, spec["size"], spec["method"])
     for num_steps in spec["steps"]:
-        record = measure_cell(protocol, spec["size"], spec["method"], num_steps, spec["repeats"])
+        record = bench.measure(num_steps, spec["repeats"])
         record["cost_hash"] = cell_hash(protocol, spec["size"], spec["method"], num_steps, spec["repeats"])
         record.update(provenance(int(spec["threads"])))
         record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         upsert_record(out, record, cost_key)
         print(
             f"{spec['size']} {spec['method']} T={num_steps}: {record['sec_per_iter']:.3f} s/iter, sampling "
-            f"{record['sampling_sec']:.3f} s, peak {record['peak_mem_mb']:.0f} MiB "
-            f"(+{record['peak_mem_delta_mb']:.1f})",
+            f"{record['sampling_sec']:.3f} s, live peak +{record['peak_mem_delta_mb']:.1f} MiB",
             flush=True,
         )
         gc.collect()
@@ -186,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default=",".join(SIZES), help="comma-separated sizes (default: %(default)s)")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods (default: all)")
     p.add_argument("--steps", default=",".join(map(str, STEPS)), help="sampling steps T (default: %(default)s)")
-    p.add_argument("--repeats", type=int, default=3, help="timed iterations per cell (default: %(default)s)")
+    p.add_argument("--repeats", type=int, help="timed iterations per cell (default: per size, 3 or 2)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     p.add_argument("--protocol", type=Path, default=DEFAULT_PROTOCOL)
     p.add_argument("--out", type=Path, default=OUT, help="results file (default: %(default)s)")
@@ -201,19 +219,19 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         raise SystemExit(f"unknown size(s)/method(s) {bad}; sizes: {list(SIZES)}, methods: {list(METHODS)}.")
     steps = [int(s) for s in args.steps.split(",")]
-    env = {**os.environ, **allocator_env(memory_exact=True)[0]}
+    env = {**os.environ, **allocator_env()[0]}
     env.update({"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)})
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     failures = 0
     for size in sizes:
         ensure_model(size)
+        repeats = args.repeats or SIZES[size]["repeats"]
         for method in methods:
             done = {
                 r["T"]
                 for r in read_records(args.out)
-                if cost_key(r)[::2] == (method, "cpu")
-                and r.get("model_size") == size
-                and r.get("cost_hash") == cell_hash(protocol, size, method, r["T"], args.repeats)
+                if (r.get("method"), r.get("device"), r.get("model_size")) == (method, "cpu", size)
+                and r.get("cost_hash") == cell_hash(protocol, size, method, r["T"], repeats)
             }
             todo = steps if args.force else [t for t in steps if t not in done]
             if not todo:
@@ -222,12 +240,10 @@ def main(argv: list[str] | None = None) -> int:
             spec_path = MODELS_DIR.parent / "cost_specs" / f"{size}_{method}.json"
             spec_path.parent.mkdir(parents=True, exist_ok=True)
             spec = {"protocol": str(args.protocol.resolve()), "size": size, "method": method, "steps": todo}
-            spec.update({"repeats": args.repeats, "threads": args.threads, "out": str(args.out.resolve())})
+            spec.update({"repeats": repeats, "threads": args.threads, "out": str(args.out.resolve())})
             spec_path.write_text(json.dumps(spec))
-            proc = subprocess.run(
-                [sys.executable, "-m", "benchmarks.cost", "--worker", str(spec_path)], env=env, cwd=ROOT
-            )
-            failures += proc.returncode != 0
+            cmd = [sys.executable, "-m", "benchmarks.cost", "--worker", str(spec_path)]
+            failures += subprocess.run(cmd, env=env, cwd=ROOT, check=False).returncode != 0
     return 1 if failures else 0
 
 

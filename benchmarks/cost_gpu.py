@@ -230,9 +230,9 @@ def measure_gpu_cell(model: Any, protocol: Any, method: str, num_steps: int, res
         generator=torch.Generator(device=device).manual_seed(1),
         step_generator=torch.Generator().manual_seed(2),
     )
-    params = model.trainable_parameters()
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-5, weight_decay=1e-4)
     iteration = make_train_iteration(
-        model, build_method(method_cfg.method), batch_obj, PixelMeanReward(), params, 1e-5, 1.0
+        model, build_method(method_cfg.method), batch_obj, PixelMeanReward(), optimizer, 1.0
     )
 
     def autocast_iteration() -> dict[str, float]:

@@ -5,14 +5,16 @@ the gradient-carrying forwards, decode and reward), the backward pass, gradient 
 Its floor is a plain no-grad sampling of the same batch (same prompts, noise and ``T``), timed in the same
 process, interleaved with the training iterations so that load changes hit both alike.
 
-Memory:
+Memory (``delta`` = what the iteration adds on top of weights, optimiser state and libraries; ``peak`` =
+absolute):
 
-* CPU: the process's resident set. Before every timed iteration the kernel's peak mark is reset
-  (``/proc/self/clear_refs``) and the current RSS read; the iteration's ``delta`` is the new peak minus that
-  RSS (what the iteration adds on top of weights, optimiser state and libraries) and ``peak`` the absolute
-  peak. With jemalloc returning freed pages at once (``dirty_decay_ms:0``) RSS tracks live tensors.
-* CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` (live tensors), both absolute
-  and as the increase over the allocation before the iteration.
+* CPU with jemalloc preloaded: its exact live-byte counters. ``delta`` is the peak of bytes allocated minus
+  bytes freed by the main thread during the iteration (``thread.peak``; every tensor is allocated by the
+  main thread with one torch thread), ``peak`` adds the live bytes at the start (``stats.allocated``). The
+  process's resident set (peak RSS after resetting the kernel's mark, ``/proc/self/clear_refs``) is recorded
+  too; it also counts libraries and pages the allocator keeps.
+* CPU without jemalloc: the resident-set numbers only (run with ``MALLOC_MMAP_THRESHOLD_=131072``).
+* CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` (live tensors).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import peak_rss_mb, reset_peak_rss, rss_mb
+from benchmarks.common import Jemalloc, peak_rss_mb, reset_peak_rss, rss_mb
 
 DRAWN_KEYS = ("k", "j", "l", "early_stop", "grad_steps")  # the random trained steps each method reports
 
@@ -37,53 +39,63 @@ class Measured:
 
     iter_sec: list[float] = field(default_factory=list)
     sampling_sec: list[float] = field(default_factory=list)
-    iter_peak_mb: list[float] = field(default_factory=list)
-    iter_delta_mb: list[float] = field(default_factory=list)
-    sampling_delta_mb: list[float] = field(default_factory=list)
-    before_mb: list[float] = field(default_factory=list)
+    iter_mem: list[dict[str, float]] = field(default_factory=list)
+    sampling_mem: list[dict[str, float]] = field(default_factory=list)
     metrics: list[dict[str, float]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         it, sa = statistics.median(self.iter_sec), statistics.median(self.sampling_sec)
-        return {
-            "sec_per_iter": it,
-            "sampling_sec": sa,
-            "iter_over_sampling": it / sa,
-            "peak_mem_mb": max(self.iter_peak_mb),
-            "peak_mem_delta_mb": max(self.iter_delta_mb),
-            "sampling_peak_delta_mb": max(self.sampling_delta_mb),
-            "mem_before_iter_mb": statistics.median(self.before_mb),
-            "iter_sec_all": self.iter_sec,
-            "sampling_sec_all": self.sampling_sec,
-            "steps_drawn": [{k: m[k] for k in DRAWN_KEYS if k in m} for m in self.metrics],
-        }
+        out: dict[str, Any] = {"sec_per_iter": it, "sampling_sec": sa, "iter_over_sampling": it / sa}
+        for key in self.iter_mem[0]:
+            out[f"{key}_mb"] = max(m[key] for m in self.iter_mem)
+        out["sampling_peak_delta_mb"] = max(m["peak_mem_delta"] for m in self.sampling_mem)
+        out.update({"iter_sec_all": self.iter_sec, "sampling_sec_all": self.sampling_sec})
+        out["steps_drawn"] = [{k: m[k] for k in DRAWN_KEYS if k in m} for m in self.metrics]
+        return out
 
 
 class MemoryProbe:
-    """Peak-memory probe of one region: CPU resident set or CUDA allocator (see the module docstring)."""
+    """Memory of one region (see the module docstring): ``start()``, run, ``stop()`` -> a dict in MiB."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.before = 0.0
+        self.jemalloc = Jemalloc.active() if device.type == "cpu" else None
+        self.method = (
+            "torch.cuda.max_memory_allocated"
+            if device.type == "cuda"
+            else "jemalloc live bytes (thread.peak, stats.allocated)"
+            if self.jemalloc
+            else "resident set (VmHWM after clear_refs)"
+        )
+        self._before = self._rss0 = 0.0
 
     def start(self) -> None:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-            self.before = torch.cuda.memory_allocated(self.device) / 2**20
-        else:
-            reset_peak_rss()
-            self.before = rss_mb()
+            self._before = torch.cuda.memory_allocated(self.device) / 2**20
+            return
+        reset_peak_rss()
+        self._rss0 = rss_mb()
+        if self.jemalloc is not None:
+            self._before = self.jemalloc.allocated_mb()
+            self.jemalloc.reset_thread_peak()
 
-    def stop(self) -> tuple[float, float]:
-        """``(absolute peak, peak minus the memory at start)`` in MiB."""
+    def stop(self) -> dict[str, float]:
+        """``peak_mem`` / ``peak_mem_delta`` (live memory) and, on the CPU, ``peak_rss`` / ``peak_rss_delta``."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+            return {"peak_mem": peak, "peak_mem_delta": peak - self._before}
+        rss_peak = peak_rss_mb()
+        out = {"peak_rss": rss_peak, "peak_rss_delta": rss_peak - self._rss0}
+        if self.jemalloc is not None:
+            delta = self.jemalloc.thread_peak_mb()
+            out.update({"peak_mem": self._before + delta, "peak_mem_delta": delta})
         else:
-            peak = peak_rss_mb()
-        return peak, peak - self.before
+            out.update({"peak_mem": rss_peak, "peak_mem_delta": rss_peak - self._rss0})
+        return out
 
 
 def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
@@ -110,7 +122,7 @@ def measure(
         train_iteration: One optimiser step; returns its method metrics.
         sampling: A plain no-grad sampling of the same batch.
         device: Where the work runs (selects the memory probe and synchronisation).
-        repeats: Timed repetitions (medians are reported).
+        repeats: Timed repetitions (medians of the times, maxima of the memory are reported).
         warmup: Untimed repetitions first (allocates optimiser state, loads the reward, warms caches).
     """
     for _ in range(warmup):
@@ -122,27 +134,24 @@ def measure(
         probe.start()
         _, sec = timed(sampling, device)
         out.sampling_sec.append(sec)
-        out.sampling_delta_mb.append(probe.stop()[1])
+        out.sampling_mem.append(probe.stop())
         probe.start()
-        out.before_mb.append(probe.before)
         metrics, sec = timed(train_iteration, device)
-        peak, delta = probe.stop()
+        out.iter_mem.append(probe.stop())
         out.iter_sec.append(sec)
-        out.iter_peak_mb.append(peak)
-        out.iter_delta_mb.append(delta)
         out.metrics.append(metrics)
     return out
 
 
 def make_train_iteration(
-    model: Any, method: Any, batch: Any, reward: Any, params: list[torch.nn.Parameter], lr: float, grad_clip: float
+    model: Any, method: Any, batch: Any, reward: Any, optimizer: torch.optim.Optimizer, grad_clip: float
 ) -> Callable[[], dict[str, float]]:
     """One training iteration as the trainer does it (without EMA): step, backward, clip, AdamW.
 
     The trained steps are drawn from ``batch.step_generator``; seed it identically in every cell so that the
     repetitions draw the same sequence at every ``T`` and model size.
     """
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
 
     def iteration() -> dict[str, float]:
         out = method.step(model, batch, reward)
