@@ -100,6 +100,10 @@ class TrainConfig:
         mixed_precision: ``no``, ``bf16`` or ``fp16`` (accelerate autocast).
         ema_decay: EMA decay of the trainable weights (0 disables EMA).
         max_nan_steps: Consecutive skipped (non-finite) steps before training stops with an error.
+        replay_weight: Weight of the pretraining-loss replay regulariser (:mod:`leapalign.replay`, as ReFL);
+            0 disables it.
+        replay_source: Its data: ``shapes:train`` (ShapesWorld renders of the training prompts).
+        replay_batch_size: Real images per micro-batch for the replay loss (0: ``data.batch_size``).
     """
 
     max_steps: int = 300
@@ -111,6 +115,9 @@ class TrainConfig:
     mixed_precision: str = "no"
     ema_decay: float = 0.995
     max_nan_steps: int = 3
+    replay_weight: float = 0.0
+    replay_source: str = "shapes:train"
+    replay_batch_size: int = 0
 
 
 @dataclass
@@ -148,6 +155,8 @@ def _validate_ranges(cfg: ExperimentConfig) -> None:
         (cfg.train.grad_accum >= 1, "train.grad_accum", "an integer >= 1"),
         (cfg.train.mixed_precision in PRECISIONS, "train.mixed_precision", "one of " + ", ".join(PRECISIONS)),
         (0 <= cfg.train.ema_decay < 1, "train.ema_decay", "a number in [0, 1) (0 disables EMA)"),
+        (cfg.train.replay_weight >= 0, "train.replay_weight", "a number >= 0 (0 disables replay)"),
+        (cfg.train.replay_batch_size >= 0, "train.replay_batch_size", "an integer >= 0 (0: data.batch_size)"),
         (cfg.train.max_nan_steps >= 1, "train.max_nan_steps", "an integer >= 1"),
         (cfg.run.log_every >= 1, "run.log_every", "an integer >= 1"),
         (cfg.run.checkpoint_every >= 0, "run.checkpoint_every", "an integer >= 0"),

@@ -35,6 +35,7 @@ from leapalign.methods import Batch, build_method, check_differentiable
 from leapalign.metrics import MetricLogger, peak_memory_mb
 from leapalign.models import build_model
 from leapalign.models.base import FlowModel, check_resolution
+from leapalign.replay import build_replay, flow_matching_loss
 from leapalign.rewards import build_reward
 
 logger = logging.getLogger(__name__)
@@ -131,6 +132,11 @@ class Trainer:
         self.reward = build_reward(cfg.reward)
         self.method = build_method(cfg.method)
         check_differentiable(self.method, self.reward)
+        t = cfg.train
+        self.replay = None
+        if t.replay_weight > 0:
+            size = t.replay_batch_size or cfg.data.batch_size
+            self.replay = build_replay(t.replay_source, cfg.run.seed + acc.process_index, size)
 
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
         self.model = build_model(cfg.model, device=acc.device)
@@ -139,7 +145,6 @@ class Trainer:
         self.params = ckpt.named_trainable(self.transformer)
         if not self.params:
             raise ValueError("the model has no trainable parameter; check model.finetune and model.lora_targets.")
-        t = cfg.train
         self.optimizer = torch.optim.AdamW(
             list(self.params.values()), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay
         )
@@ -191,11 +196,25 @@ class Trainer:
         logger.info("resumed from %s at step %d", directory, self.step)
 
     # ------------------------------------------------------------------ one optimiser step
-    def _micro_step(self, scale: float) -> tuple[dict[str, float], torch.Tensor, bool]:
+    def _replay_loss(self, micro: int) -> torch.Tensor:
+        """The replay regulariser of this micro-batch; its draws are a function of (seed, rank, step, micro)."""
+        assert self.replay is not None
+        index = self.step * self.cfg.train.grad_accum + micro
+        prompts, images = self.replay.batch(index)
+        gen = torch.Generator().manual_seed(
+            (self.cfg.run.seed * 1_000_003 + self.accelerator.process_index * 7919 + index) % 2**62
+        )
+        return flow_matching_loss(self.model, images, prompts, gen)
+
+    def _micro_step(self, scale: float, micro: int = 0) -> tuple[dict[str, float], torch.Tensor, bool]:
         acc = self.accelerator
         batch = make_batch(self.model, self.sampler.next(), self.cfg, self.gens)
         with acc.autocast():
             out = self.method.step(self.model, batch, self.reward)
+            if self.replay is not None:
+                replay = self._replay_loss(micro)
+                out.metrics["replay_loss"] = replay.item()
+                out.loss = out.loss + self.cfg.train.replay_weight * replay
         finite = torch.tensor(
             float(torch.isfinite(out.loss).item() and torch.isfinite(out.rewards).all().item()),
             device=acc.device,
@@ -226,7 +245,7 @@ class Trainer:
             sync = micro == t.grad_accum - 1
             ctx = acc.no_sync(self.model.transformer) if not sync else nullcontext()
             with ctx:
-                m, r, finite = self._micro_step(1.0 / t.grad_accum)
+                m, r, finite = self._micro_step(1.0 / t.grad_accum, micro)
             ok &= finite
             all_metrics.append(m)
             rewards.append(r)
