@@ -232,7 +232,13 @@ def load_config(config: str | None = None, overrides: Sequence[str] = ()) -> Exp
         if config is not None:
             merged = OmegaConf.merge(merged, OmegaConf.load(resolve_config_path(config)))
         dotlist = _expand_shorthands(overrides, merged)
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(dotlist))
+        # Keys through a list index (reward.terms.0.weight=2) are set in place; the rest merge as a dict.
+        indexed = [d for d in dotlist if any(part.isdigit() for part in d.partition("=")[0].split("."))]
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([d for d in dotlist if d not in indexed]))
+        for item in indexed:
+            key, _, value = item.partition("=")
+            _check_index(merged, key)
+            OmegaConf.update(merged, key, OmegaConf.from_dotlist([f"value={value}"])["value"], merge=True)
         method_section = OmegaConf.to_container(merged.method, resolve=True)
     except ConfigError:
         raise
@@ -255,6 +261,22 @@ def load_config(config: str | None = None, overrides: Sequence[str] = ()) -> Exp
         raise ConfigError(str(err)) from err
     _validate_ranges(cfg)
     return cfg
+
+
+def _check_index(cfg: DictConfig, key: str) -> None:
+    """Raises a :class:`ConfigError` unless every list index on the path of ``key`` exists."""
+    node: Any = cfg
+    for i, part in enumerate(key.split(".")[:-1]):
+        if part.isdigit():
+            if not OmegaConf.is_list(node) or int(part) >= len(node):
+                size = len(node) if OmegaConf.is_list(node) else 0
+                path = ".".join(key.split(".")[:i])
+                raise ConfigError(f"invalid config key {key}: {path} has {size} entries (indices 0..{size - 1}).")
+            node = node[int(part)]
+        else:
+            node = node.get(part) if OmegaConf.is_dict(node) else None
+            if node is None:
+                return  # unknown keys are reported by OmegaConf below
 
 
 def _explain(err: OmegaConfBaseException, prefix: str = "") -> str:
