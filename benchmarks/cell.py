@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import provenance, set_threads, write_json
+from benchmarks.common import Jemalloc, provenance, set_threads, write_json
 from benchmarks.protocol import DEFAULT_PROTOCOL, Cell, EvalProtocol, Protocol
 
 CATEGORY_PREFIX = "shapes_eval."
@@ -208,8 +208,14 @@ class CellRunner:
         steps = self.cfg.train.max_steps
         done = ckpt.checkpoint_dir(self.run_dir, steps)
         resumed = ckpt.latest_checkpoint(self.run_dir) is not None and not done.is_dir()
+        fresh = not done.is_dir() and not resumed  # the whole training runs in this process
+        jemalloc = Jemalloc.active()
+        live_start = jemalloc.allocated_mb() if jemalloc else 0.0
+        if jemalloc:
+            jemalloc.reset_thread_peak()
         if not done.is_dir():
             train(self.cfg)
+        live_peak = live_start + jemalloc.thread_peak_mb() if jemalloc and fresh else None
         by_step = {r["step"]: r for r in read_metrics(self.run_dir / "metrics.jsonl")}  # last attempt wins
         rows = [by_step[s] for s in range(1, steps + 1)]
         times = [float(r["sec_per_iter"]) for r in rows]
@@ -230,6 +236,7 @@ class CellRunner:
             "train_reward_curve": [[s, round(c, 3), round(r, 5)] for (s, c), r in zip(cum, rewards, strict=True)],
             "peak_mem_mb": max(peaks) if peaks else None,
             "peak_mem_method": "process peak RSS (ru_maxrss) over training, " + provenance(self.threads)["allocator"],
+            "peak_live_mb": live_peak,  # jemalloc live bytes, peak over the training call (None if resumed)
             "_cum_sec": cum,
         }
 

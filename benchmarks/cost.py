@@ -60,8 +60,21 @@ SIZES: dict[str, dict[str, Any]] = {
 }
 
 
+# Extra rows: a method with one memory option changed, to show what the option buys.
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "alignprop-no-ckpt": ("alignprop", ["method.checkpoint=false"]),  # full backprop keeping every graph
+    "leapalign-block-ckpt": ("leapalign", ["model.gradient_checkpointing=true"]),  # per-block recompute
+}
+
+
 def method_overrides(protocol: Protocol, name: str, num_steps: int) -> list[str]:
-    """The methods suite's overrides for method ``name`` (AlignProp: full chain); defaults if absent."""
+    """The methods suite's overrides for method ``name`` (AlignProp: full chain); defaults if absent.
+
+    ``name`` may also be a key of ``VARIANTS``: the base method's overrides plus the variant's.
+    """
+    if name in VARIANTS:
+        base, extra = VARIANTS[name]
+        return [*method_overrides(protocol, base, num_steps), *extra]
     cell = next((c for c in protocol.cells("methods") if c.method == name and not c.is_base), None)
     overrides = list(cell.overrides) if cell is not None else [f"method={name}"]
     if name == "alignprop":
@@ -202,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default=",".join(SIZES), help="comma-separated sizes (default: %(default)s)")
-    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods (default: all)")
+    p.add_argument("--methods", default=",".join([*METHODS, *VARIANTS]), help="methods (default: all + VARIANTS)")
     p.add_argument("--steps", default=",".join(map(str, STEPS)), help="sampling steps T (default: %(default)s)")
     p.add_argument("--repeats", type=int, help="timed iterations per cell (default: per size, 3 or 2)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
@@ -215,9 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         return run_worker(args.worker)
     protocol = load_protocol(args.protocol)
     sizes, methods = args.sizes.split(","), args.methods.split(",")
-    bad = [s for s in sizes if s not in SIZES] + [m for m in methods if m not in METHODS]
+    bad = [s for s in sizes if s not in SIZES] + [m for m in methods if m not in METHODS and m not in VARIANTS]
     if bad:
-        raise SystemExit(f"unknown size(s)/method(s) {bad}; sizes: {list(SIZES)}, methods: {list(METHODS)}.")
+        raise SystemExit(f"unknown size(s)/method(s) {bad}; sizes: {list(SIZES)}, methods: {[*METHODS, *VARIANTS]}.")
     steps = [int(s) for s in args.steps.split(",")]
     env = {**os.environ, **allocator_env()[0]}
     env.update({"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)})

@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import hashlib
+import itertools
 import json
 import sys
 from collections.abc import Iterator
@@ -42,6 +44,7 @@ import torch
 
 from benchmarks.common import RESULTS, provenance, read_records, set_threads, upsert_record
 from benchmarks.cost import STEPS, method_overrides
+from benchmarks.costlib import MemoryProbe
 from benchmarks.protocol import DEFAULT_PROTOCOL, load_protocol
 
 OUT = RESULTS / "cost_gpu.json"
@@ -246,9 +249,28 @@ def measure_gpu_cell(model: Any, protocol: Any, method: str, num_steps: int, res
     return measure(autocast_iteration, autocast_sampling, device, repeats).summary(), method_cfg.method
 
 
-def main(argv: list[str] | None = None) -> int:
+def measure_or_oom(model: Any, protocol: Any, key: dict[str, Any], repeats: int) -> dict[str, Any]:
+    """One cell's record; an out-of-memory error is a result (``"oom": true``), and its memory is released."""
     from dataclasses import asdict
 
+    record: dict[str, Any] = {"oom": False}
+    try:
+        summary, mcfg = measure_gpu_cell(
+            model, protocol, key["method"], key["T"], key["resolution"], key["batch"], repeats
+        )
+        record.update(summary)
+        record["method_config"] = asdict(mcfg)
+    except torch.cuda.OutOfMemoryError as err:
+        record.update({"oom": True, "error": str(err).splitlines()[0]})
+    for param in model.trainable_parameters():
+        param.grad = None
+    gc.collect()
+    if model.device.type == "cuda":
+        torch.cuda.empty_cache()
+    return record
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from leapalign.methods import METHODS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -266,7 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--protocol", type=Path, default=DEFAULT_PROTOCOL)
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--force", action="store_true")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cpu" and not args.tiny:
         raise SystemExit("full-size models need a GPU: run on a CUDA machine, or pass --tiny for the CPU smoke test.")
@@ -275,47 +301,37 @@ def main(argv: list[str] | None = None) -> int:
     protocol = load_protocol(args.protocol)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     checkpointing = not args.no_checkpointing
-    failures = 0
-    for arch in args.archs.split(","):
-        for finetune in args.finetune.split(","):
-            model = None
-            for res in map(int, args.resolutions.split(",")):
-                for method in args.methods.split(","):
-                    for num_steps in map(int, args.steps.split(",")):
-                        key = dict(method=method, T=num_steps, device=device_name, model_size=arch)
-                        key.update(finetune=finetune, resolution=res, tiny=args.tiny, batch=args.batch)
-                        if not args.force and any(
-                            all(r.get(k) == v for k, v in key.items()) for r in read_records(args.out)
-                        ):
-                            print(f"{key}: done, skipped", flush=True)
-                            continue
-                        if model is None:
-                            model = build(arch, finetune, args.tiny, device, checkpointing)
-                        record: dict[str, Any] = {**key, "precision": "bf16", "gradient_checkpointing": checkpointing}
-                        try:
-                            summary, mcfg = measure_gpu_cell(
-                                model, protocol, method, num_steps, res, args.batch, args.repeats
-                            )
-                            record.update(summary)
-                            record["method_config"] = asdict(mcfg)
-                            record["oom"] = False
-                        except torch.cuda.OutOfMemoryError as err:
-                            record.update({"oom": True, "error": str(err).splitlines()[0]})
-                        if device.type == "cuda":
-                            torch.cuda.empty_cache()
-                        record["memory_method"] = (
-                            "torch.cuda.max_memory_allocated (absolute, and minus the allocation before the iteration)"
-                            if device.type == "cuda"
-                            else "CPU resident set (see benchmarks.costlib)"
-                        )
-                        record["model_params"] = sum(p.numel() for p in model.transformer.parameters())
-                        record["trainable_params"] = sum(p.numel() for p in model.trainable_parameters())
-                        record.update(provenance(args.threads))
-                        record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-                        upsert_record(args.out, record, lambda r, k=tuple(key): tuple(r.get(x) for x in k))
-                        print(json.dumps({k: record.get(k) for k in (*key, "sec_per_iter", "peak_mem_mb", "oom")}))
-            del model
-    return 1 if failures else 0
+    names = ("method", "T", "device", "model_size", "finetune", "resolution", "tiny", "batch")
+
+    def key_of(r: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(r.get(k) for k in names)
+
+    for arch, finetune in itertools.product(args.archs.split(","), args.finetune.split(",")):
+        model = None
+        grid = itertools.product(
+            map(int, args.resolutions.split(",")), args.methods.split(","), map(int, args.steps.split(","))
+        )
+        for res, method, num_steps in grid:
+            key = dict(
+                zip(names, (method, num_steps, device_name, arch, finetune, res, args.tiny, args.batch), strict=True)
+            )
+            if not args.force and any(key_of(r) == key_of(key) for r in read_records(args.out)):
+                print(f"{key}: done, skipped", flush=True)
+                continue
+            if model is None:
+                model = build(arch, finetune, args.tiny, device, checkpointing)
+            record = {**key, "precision": "bf16", "gradient_checkpointing": checkpointing}
+            record.update(measure_or_oom(model, protocol, key, args.repeats))
+            record["memory_method"] = MemoryProbe(device).method
+            record["model_params"] = sum(p.numel() for p in model.transformer.parameters())
+            record["trainable_params"] = sum(p.numel() for p in model.trainable_parameters())
+            record.update(provenance(args.threads))
+            record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            upsert_record(args.out, record, key_of)
+            print(json.dumps({k: record.get(k) for k in (*names, "sec_per_iter", "peak_mem_mb", "oom")}), flush=True)
+        del model
+        gc.collect()
+    return 0
 
 
 if __name__ == "__main__":

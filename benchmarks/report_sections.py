@@ -118,15 +118,16 @@ METHOD_FIELDS = (
     (_field("train_reward_final"), 3),
     (_speed, 2),
     (_field("peak_mem_mb"), 0),
+    (_field("peak_live_mb"), 0),
 )
 
 
 def methods_table(trained: Sequence[dict[str, Any]], base: dict[str, Any] | None) -> list[str]:
     head = "| method | seeds | ShapesScore | ShapesEval overall | " + " | ".join(CATEGORIES)
-    head += " | diversity | train reward (last 10%) | s / iter | peak RSS MiB |"
+    head += " | diversity | train reward (last 10%) | s / iter | peak RSS MiB | peak live MiB |"
     lines = [head, "|" + "---|" * (2 + len(METHOD_FIELDS))]
     if base is not None:
-        lines.append(f"| base | – | {_cells([base], 'base', METHOD_FIELDS[:-3])} | – | – | – |")
+        lines.append(f"| base | – | {_cells([base], 'base', METHOD_FIELDS[:-4])} | – | – | – | – |")
     lines += [f"| {v} | {_seeds(trained, v)} | {_cells(trained, v, METHOD_FIELDS)} |" for v in _variants(trained)]
     return lines
 
@@ -208,11 +209,17 @@ def cost_section(cost: list[dict[str, Any]], assets: Path) -> Section:
         "One training iteration = the method's step (rollout, gradient-carrying forwards, decode, reward), backward,",
         "gradient clipping and AdamW (`benchmarks/costlib.py`). Sampling = a plain no-grad T-step sampling of the",
         "same batch, timed in the same process, interleaved with the iterations (medians of the repeats).",
-        "Memory: each (size, method) runs in a fresh process with jemalloc returning freed pages at once",
-        "(`MALLOC_CONF=dirty_decay_ms:0,muzzy_decay_ms:0`), so the resident set tracks live memory. Before every",
-        "timed iteration the kernel's peak mark is reset (`/proc/self/clear_refs`); **Δpeak** = peak RSS during",
-        "the iteration minus the RSS just before it (activations, graphs, gradients and temporaries on top of",
-        "weights, optimiser state and libraries); **peak** = the absolute peak RSS of the process.",
+        "Memory: each (size, method) runs in a fresh process with jemalloc preloaded, whose own counters give the",
+        "exact live memory: **Δpeak** is the peak of bytes allocated minus bytes freed during the iteration (jemalloc",
+        "`thread.peak`; with one torch thread every tensor is allocated by the main thread), i.e. activations,",
+        "graphs, gradients and temporaries on top of weights, optimiser state and libraries; **peak** adds the live",
+        "bytes before the iteration. The resident set (peak RSS after resetting the kernel's mark) is in the",
+        "records too (`peak_rss_mb`); it also counts libraries and pages the allocator keeps.",
+        "Why these counters: with glibc malloc the RSS overstates live memory (freed blocks are kept); making the RSS",
+        "track live memory (`MALLOC_MMAP_THRESHOLD_`, or jemalloc returning pages at once) slowed the iterations",
+        "markedly while this benchmark was built, which would corrupt the timings taken in the same process;",
+        "jemalloc's counters are exact, and reading them costs nothing. Without jemalloc the script falls back to",
+        "the RSS under `MALLOC_MMAP_THRESHOLD_=131072` and says so in `memory_method`.",
         "AlignProp is measured with its window at the whole chain (its worst case: DRaFT with full backprop).",
         "",
     ]

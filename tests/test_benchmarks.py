@@ -101,3 +101,13 @@ def test_one_cell_end_to_end_then_resume_skips_it(tmp_path: Path) -> None:
     (reused,) = json.loads((tmp_path / "results" / "ablations.json").read_text())
     assert reused["variant"] == "alpha_0.3" and reused["reused_from"] == "methods/leapalign/seed0"
     assert reused["shapes_score"] == rec["shapes_score"]
+
+    # The report reads these records: the method table, the equal-wall-clock table and the figures.
+    doc = tmp_path / "benchmarks.md"
+    cmd = [sys.executable, "-m", "benchmarks.report", "--results-dir", str(tmp_path / "results"), "--out", str(doc)]
+    cmd += ["--assets", str(tmp_path / "assets"), "--no-readme"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = doc.read_text()
+    assert "| leapalign | 1 |" in text and "**Equal wall-clock.**" in text and "| alpha_0.3 | 1 |" in text
+    assert (tmp_path / "assets" / "methods_categories.png").is_file()
