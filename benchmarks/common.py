@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import platform
 import re
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -195,9 +197,15 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``<path>.lock`` (several writers of one results file wait in turn)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as fh:
+    """An exclusive advisory lock for ``path`` (several writers of one results file wait in turn).
+
+    The lock file lives in the system's temporary directory, named by a hash of the resolved path, so that
+    no lock file ever appears next to the results.
+    """
+    lock_dir = Path(tempfile.gettempdir()) / "leapalign-benchmark-locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    with open(lock_dir / f"{digest}.lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield

@@ -51,6 +51,12 @@ class Measured:
         out["sampling_peak_delta_mb"] = max(m["peak_mem_delta"] for m in self.sampling_mem)
         out.update({"iter_sec_all": self.iter_sec, "sampling_sec_all": self.sampling_sec})
         out["steps_drawn"] = [{k: m[k] for k in DRAWN_KEYS if k in m} for m in self.metrics]
+        # Where an iteration's time goes (medians): the method's step (rollout, gradient-carrying forwards,
+        # decode, reward), the backward pass, and clipping + AdamW.
+        out["breakdown_sec"] = {
+            part: statistics.median(m[f"_sec_{part}"] for m in self.metrics)
+            for part in ("step", "backward", "optimizer")
+        }
         return out
 
 
@@ -98,6 +104,12 @@ class MemoryProbe:
         return out
 
 
+def _now(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
     """Runs ``fn`` and returns its result and wall time (CUDA synchronised)."""
     if device.type == "cuda":
@@ -119,7 +131,7 @@ def measure(
     """Warms up, then alternates ``repeats`` timed samplings and training iterations with memory probes.
 
     Args:
-        train_iteration: One optimiser step; returns its method metrics.
+        train_iteration: One optimiser step; returns its method metrics (and ``_sec_*`` part timings).
         sampling: A plain no-grad sampling of the same batch.
         device: Where the work runs (selects the memory probe and synchronisation).
         repeats: Timed repetitions (medians of the times, maxima of the memory are reported).
@@ -153,13 +165,20 @@ def make_train_iteration(
     """
     params = [p for group in optimizer.param_groups for p in group["params"]]
 
+    device = batch.noise.device
+
     def iteration() -> dict[str, float]:
+        t0 = _now(device)
         out = method.step(model, batch, reward)
+        t1 = _now(device)
         out.loss.backward()
+        t2 = _now(device)
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return dict(out.metrics)
+        metrics = dict(out.metrics)
+        metrics.update({"_sec_step": t1 - t0, "_sec_backward": t2 - t1, "_sec_optimizer": _now(device) - t2})
+        return metrics
 
     return iteration
 

@@ -235,7 +235,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "objective": "-mean_b ShapesScore (no hinge, no similarity weight)",
             "alphas": list(ALPHAS),
             "drtune": "library DRTune.step, K=2, early stop in the last 11 steps, threshold None",
-            "refl_expected_over": "the last 11 steps (the method's range)",
+            "refl_expected_over": "the last 11 steps, the method's range",
             "true_gradient": "backprop through every Euler step"
             + (", per-step checkpointing" if args.checkpointing else ""),
         },

@@ -47,16 +47,23 @@ def plot_grad_fidelity(result: dict[str, Any], path: Path) -> None:
         for ax, key in zip(axes, ("cos", "ratio"), strict=True):
             ax.plot(_centres(rows), [r[key] for r in rows], style, color="0.3" if "ReFL" in name else "tab:green",
                     label=name)  # fmt: skip
-    axes[0].set_ylabel("cosine with the full-backprop gradient")
-    axes[1].set_ylabel("|g| / |g_true|")
-    axes[1].set_yscale("log")
-    for ax in axes:
-        ax.set_xlabel("sigma gap between the trained steps")
-        ax.grid(alpha=0.3)
     axes[0].axhline(0, color="k", lw=0.5)
-    axes[0].legend(fontsize=7)
     s = result["settings"]
-    fig.suptitle(f"Gradient fidelity on ShapesWorld (T={s['T']}, batch {s['batch']}, {len(s['noise_seeds'])} seeds)")
+    title = f"Gradient fidelity on ShapesWorld (T={s['T']}, batch {s['batch']}, {len(s['noise_seeds'])} seeds)"
+    labels = ["cosine with the full-backprop gradient", "|g| / |g_true|"]
+    _finish(fig, axes, "sigma gap between the trained steps", labels, [1], title, path)
+
+
+def _finish(fig: Any, axes: Any, xlabel: str, ylabels: list[str], log_axes: list[int], title: str, path: Path) -> None:
+    """Labels, log scales, grids, the legend of the first panel, the title; then saves the figure."""
+    for n, (ax, ylabel) in enumerate(zip(axes, ylabels, strict=True)):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if n in log_axes:
+            ax.set_yscale("log")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title)
     _save(fig, path)
 
 
@@ -77,15 +84,14 @@ def plot_cost(records: Sequence[dict[str, Any]], size: str, path: Path) -> None:
         samp = {t: [r["sampling_sec"] for r in rows if r["T"] == t] for t in ts}
         axes[0].plot(ts, [sum(v) / len(v) for v in samp.values()], "k--", label="no-grad sampling")
         axes[1].plot(ts, [(t + 4) / t for t in ts], "k--", label="(T+4)/T")
-    axes[0].set_ylabel("seconds per training iteration")
-    axes[1].set_ylabel("iteration time / no-grad sampling time")
-    axes[2].set_ylabel("peak RSS increase during the iteration (MiB)")
-    for ax in axes:
-        ax.set_xlabel("sampling steps T")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"Cost per training iteration on the CPU, model size {size}")
-    _save(fig, path)
+    labels = [
+        "seconds per training iteration",
+        "iteration time / no-grad sampling time",
+        "Δpeak: live memory added by the iteration (MiB)",
+    ]
+    _finish(
+        fig, axes, "sampling steps T", labels, [2], f"Cost per training iteration on the CPU, model size {size}", path
+    )
 
 
 def plot_curves(

@@ -36,18 +36,19 @@ def load_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def machines(*groups: list[dict[str, Any]]) -> list[str]:
-    seen = []
-    for group in groups:
+def machines(sources: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """One line per results file and machine / threads / allocator, with the git commits that wrote it."""
+    lines: dict[str, list[str]] = {}
+    for name, group in sources.items():
         for rec in group:
             m = rec.get("machine") or {}
-            line = f"{m.get('cpu')}, {m.get('logical_cpus')} logical CPUs, {m.get('platform')}, torch {m.get('torch')}"
-            if m.get("gpu"):
-                line += f", GPU {m['gpu']}"
+            line = f"`{name}`: {m.get('cpu')}, {m.get('logical_cpus')} logical CPUs, {m.get('platform')}, "
+            line += f"torch {m.get('torch')}" + (f", GPU {m['gpu']}" if m.get("gpu") else "")
             line += f"; {rec.get('threads')} torch thread(s); allocator: {rec.get('allocator')}"
-            if line not in seen:
-                seen.append(line)
-    return seen
+            commit = str((rec.get("git") or {}).get("commit"))[:10]
+            if commit not in lines.setdefault(line, []):
+                lines[line].append(commit)
+    return [f"{line}; git {', '.join(commits)}" for line, commits in lines.items()]
 
 
 def protocol_summary(path: Path) -> list[str]:
@@ -85,6 +86,8 @@ def build(results: Path, protocol: Path, assets: Path = ASSETS) -> tuple[str, st
         fidelity_section(fidelity),
     ]
     claims = claims_section(trained, ablations, cost, fidelity)
+    sources = {"methods.json": methods, "ablations.json": ablations, "cost.json": cost, "cost_gpu.json": cost_gpu}
+    sources["grad_fidelity.json"] = [fidelity] if fidelity else []
     lines = [
         "# Benchmarks: the paper's claims measured on ShapesWorld, and the cost of every method",
         "",
@@ -115,7 +118,7 @@ def build(results: Path, protocol: Path, assets: Path = ASSETS) -> tuple[str, st
         "Each cell runs in its own process with `--threads` torch threads (default 1) and jemalloc preloaded when",
         "installed. Machines of the recorded results:",
         "",
-        *[f"- {m}" for m in machines(methods, ablations, cost, cost_gpu, [fidelity] if fidelity else [])],
+        *[f"- {m}" for m in machines(sources)],
         "",
     ]
     for s in [*sections, claims]:
