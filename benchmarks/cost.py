@@ -1,6 +1,6 @@
 """Cost table on the CPU: seconds per training iteration and peak memory of every method against ``T``.
 
-Usage (from the repository root; about 25 minutes at 1 thread on the project machine):
+Usage (from the repository root; under half an hour at 1 thread on the project machine):
 
     python -m benchmarks.cost                                  # every method x T in {10, 25, 50} x both sizes
     python -m benchmarks.cost --sizes shapes --methods leapalign --steps 25 --force   # one cell again

@@ -1,6 +1,6 @@
 """Gradient fidelity: how well LeapAlign's, ReFL's and DRTune's gradients point along the true reward gradient.
 
-Usage (from the repository root; about 15 minutes at 1 thread on the project machine):
+Usage (from the repository root; a few minutes at 1 thread on the project machine):
 
     python -m benchmarks.grad_fidelity            # -> benchmarks/results/grad_fidelity.json + the PNG
 
