@@ -13,12 +13,11 @@ from typing import Any
 
 from benchmarks.common import RESULTS, ROOT, read_records
 from benchmarks.protocol import BASE, DEFAULT_PROTOCOL, load_protocol
+from benchmarks.report_cost import cost_gpu_section, cost_section
 from benchmarks.report_sections import (
     Section,
     ablations_section,
     claims_section,
-    cost_gpu_section,
-    cost_section,
     fidelity_section,
     headline,
     methods_section,
