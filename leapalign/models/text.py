@@ -194,11 +194,15 @@ class PromptCache:
             raise ValueError("encode_prompts needs at least one prompt.")
         missing = list(dict.fromkeys(p for p in prompts if p not in self._entries))
         fresh: dict[str, tuple[Tensor, Tensor]] = {}
-        if missing:
-            embeds, pooled = self.encoder(missing)
-            self.num_encoded += len(missing)
-            fresh = {p: (embeds[i], pooled[i]) for i, p in enumerate(missing)}
-            self._entries.update(fresh)
+        for p in missing:
+            # One prompt at a time: a batched encoder forward may round differently with the batch size (the
+            # matmul kernels change with the number of rows), which would make an embedding depend on which
+            # prompts happened to be encoded with it, and a resumed run (with a cold cache) drift from the
+            # uninterrupted one. Each prompt is encoded once, so this costs little.
+            embeds, pooled = self.encoder([p])
+            self.num_encoded += 1
+            fresh[p] = (embeds[0], pooled[0])
+        self._entries.update(fresh)
         rows = [fresh.get(p) or self._entries[p] for p in prompts]
         for p in prompts:
             self._entries.move_to_end(p)
