@@ -9,6 +9,7 @@ is one a fine-tuned policy can raise there without getting the image right.
 Run::
 
     python -m leapalign.shapes.score_audit --weights leapalign/shapes/assets/shapes_score --out audit.json
+    python -m leapalign.shapes.score_audit --weights leapalign/shapes/assets/shapes_score --negatives 0 8
 """
 
 from __future__ import annotations
@@ -95,13 +96,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Audit ShapesScore against ShapesEval on base-model samples")
     parser.add_argument("--weights", type=Path, nargs="+", required=True, help="ShapesScore weight directories")
     parser.add_argument("--images-per-prompt", type=int, default=4)
+    parser.add_argument(
+        "--negatives",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="audit these forms of each reward: 0 = the plain score, K > 0 = contrastive with K near misses",
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default: print only)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from leapalign.shapes.score import ShapesScore
 
     images, metadata = base_samples(args.images_per_prompt)
-    result = {str(w): audit(ShapesScore(path=w), images, metadata) for w in args.weights}
+    result = {
+        str(w) + (f" negatives={k}" if k else ""): audit(ShapesScore(path=w, negatives=k), images, metadata)
+        for w in args.weights
+        for k in args.negatives
+    }
     for w, res in result.items():
         logger.info("%s: %s", w, {k: round(v["auc"], 3) for k, v in res.items()})
     if args.out is not None:

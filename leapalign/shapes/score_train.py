@@ -78,34 +78,73 @@ def augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(image, 0.0, 1.0).astype(np.float32)
 
 
-def corrupt(scene: Scene, rng: np.random.Generator) -> Scene:
-    """A wrong version of ``scene``: one object drawn off-palette (white / grey), as a flat ellipse, deleted, or
-    duplicated. These are the mistakes a generator makes (washed-out colours, blobs, wrong counts); the true
-    prompt is satisfied by the result or not as the GenEval rules on its ground-truth objects say."""
+CORRUPTIONS: tuple[str, ...] = ("off_palette", "blob", "delete", "duplicate", "shape", "color", "swap")
+# The corruptions of the shipped ShapesScore (v3); the binding ones (shape, colour, swap) are opt-in.
+DEFAULT_CORRUPTIONS: tuple[str, ...] = CORRUPTIONS[:4]
+
+
+def corrupt(scene: Scene, rng: np.random.Generator, kinds: tuple[str, ...] = DEFAULT_CORRUPTIONS) -> tuple[Scene, str]:
+    """A wrong version of ``scene``, one of ``kinds`` (names from :data:`CORRUPTIONS`) drawn uniformly.
+
+    The mistakes a generator makes: an object drawn off-palette (white / grey), as a flat ellipse, deleted or
+    duplicated; and the binding mistakes a fine-tuned generator drifts into when the reward lets it: one object
+    given another object's shape (or another valid shape), another object's colour (or another palette
+    colour), or two objects' places exchanged. Whether the true prompt is still satisfied by the result is
+    decided by the GenEval rules on its ground-truth objects (the caller checks).
+
+    Returns:
+        The corrupted scene and the name of the corruption applied.
+    """
     objs = list(scene.objects)
     i = int(rng.integers(len(objs)))
-    kind = int(rng.integers(4))
+    unknown = set(kinds) - set(CORRUPTIONS)
+    if unknown or not kinds:
+        raise ValueError(f"unknown corruptions {sorted(unknown)}; choose from {', '.join(CORRUPTIONS)}.")
+    kind = kinds[int(rng.integers(len(kinds)))]
     o = objs[i]
-    if kind == 0:
+    others = [p for k, p in enumerate(objs) if k != i]
+    if kind == "off_palette":
         objs[i] = Obj(o.shape, str(rng.choice(list(NUISANCE_COLORS))), o.cx, o.cy, o.size)
-    elif kind == 1:
+    elif kind == "blob":
         objs[i] = Obj(NUISANCE_SHAPES[0], o.color, o.cx, o.cy, o.size)
-    elif kind == 2 and len(objs) > 1:
+    elif kind == "delete" and others:
         objs.pop(i)
-    else:  # an extra copy of the object somewhere free
+    elif kind == "shape":
+        copies = [p.shape for p in others if p.shape != o.shape]
+        pool = copies if copies and rng.random() < 0.75 else [s for s in SHAPES if s != o.shape]
+        objs[i] = Obj(str(rng.choice(pool)), o.color, o.cx, o.cy, o.size)
+    elif kind == "color":
+        copies = [p.color for p in others if p.color != o.color]
+        pool = copies if copies and rng.random() < 0.75 else [c for c in COLORS if c != o.color]
+        objs[i] = Obj(o.shape, str(rng.choice(pool)), o.cx, o.cy, o.size)
+    elif kind == "swap" and others:
+        j = int(rng.integers(len(objs) - 1))
+        j += j >= i
+        p = objs[j]
+        objs[i], objs[j] = Obj(o.shape, o.color, p.cx, p.cy, o.size), Obj(p.shape, p.color, o.cx, o.cy, p.size)
+    else:  # "duplicate" (or "delete" / "swap" of a lone object): an extra copy of the object somewhere free
         try:
             extra = place([(o.shape, o.color)] * (len(objs) + 1), rng).objects[-1]
             objs.append(extra)
         except RuntimeError:
             objs[i] = Obj(o.shape, "grey", o.cx, o.cy, o.size)
-    return Scene(tuple(objs), scene.canvas)
+        kind = "duplicate"
+    return Scene(tuple(objs), scene.canvas), kind
 
 
 class ScoreTrainer:
     """Contrastive training of :class:`ShapesScoreModel` on rendered scenes."""
 
-    def __init__(self, seed: int = 0, batch: int = 64, lr: float = 1e-3) -> None:
-        self.seed, self.batch, self.lr = seed, batch, lr
+    def __init__(
+        self,
+        seed: int = 0,
+        batch: int = 64,
+        lr: float = 1e-3,
+        wrong_per_scene: int = 1,
+        corruptions: tuple[str, ...] = DEFAULT_CORRUPTIONS,
+    ) -> None:
+        self.seed, self.batch, self.lr, self.wrong_per_scene = seed, batch, lr, wrong_per_scene
+        self.corruptions = tuple(corruptions)
         torch.manual_seed(seed)
         self.model = ShapesScoreModel(ScoreArch())
         self.encoder = MiniLMEncoder()
@@ -127,9 +166,10 @@ class ScoreTrainer:
             scenes.append(dets)
             images.append(augment(render(scene), rng))
             negatives.append([n["prompt"] for n in negs])
-            bad = corrupt(scene, rng)
-            wrong.append(augment(render(bad), rng))
-            wrong_ok.append(not check(meta, scene_detections(bad)))  # usable as a negative for this prompt
+            for _ in range(self.wrong_per_scene):
+                bad, _ = corrupt(scene, rng, self.corruptions)
+                wrong.append(augment(render(bad), rng))
+                wrong_ok.append(not check(meta, scene_detections(bad)))  # usable as a negative for this prompt
         self._wrong = torch.from_numpy(np.stack(wrong)), torch.tensor(wrong_ok)
         return metas, scenes, torch.from_numpy(np.stack(images)), negatives
 
@@ -154,8 +194,9 @@ class ScoreTrainer:
         # Wrong images (off-palette, blob, missing or extra object) must score below the right image.
         wrong_images, usable = self._wrong
         if usable.any():
-            s_wrong = (self.model.image(wrong_images) * texts[:b]).sum(-1)
-            s_right = (img * texts[:b]).sum(-1)
+            owner_w = torch.arange(b).repeat_interleave(self.wrong_per_scene)
+            s_wrong = (self.model.image(wrong_images) * texts[owner_w]).sum(-1)
+            s_right = (img * texts[:b]).sum(-1)[owner_w]
             loss = loss + F.softplus(scale * (s_wrong - s_right))[usable].mean()
         for g in self.opt.param_groups:
             g["lr"] = self.lr * 0.5 * (1 + np.cos(np.pi * step / total))
@@ -166,7 +207,13 @@ class ScoreTrainer:
 
 
 @torch.no_grad()
-def measure(model: ShapesScoreModel, reward: ShapesScore, seeds: int = 4, seed: int = 1234) -> dict[str, float]:
+def measure(
+    model: ShapesScoreModel,
+    reward: ShapesScore,
+    seeds: int = 4,
+    seed: int = 1234,
+    corruptions: tuple[str, ...] = DEFAULT_CORRUPTIONS,
+) -> dict[str, float]:
     """Held-out ranking accuracy: how often the true prompt outscores each kind of hard negative.
 
     Renders every held-out prompt ``seeds`` times (clean) and compares its score with the score of each
@@ -177,6 +224,7 @@ def measure(model: ShapesScoreModel, reward: ShapesScore, seeds: int = 4, seed: 
     rng, prng = np.random.default_rng(seed), random.Random(seed)
     metas = load_metadata("eval")
     wins: dict[str, list[bool]] = {k: [] for k in (*KINDS, "random", "wrong_image")}
+    wins |= {f"wrong_{k}": [] for k in corruptions}
     for _ in range(seeds):
         for meta in metas:
             scene = scene_for(meta, rng)
@@ -191,10 +239,11 @@ def measure(model: ShapesScoreModel, reward: ShapesScore, seeds: int = 4, seed: 
             scores = (img * model.text(reward.tokens(texts))).sum(-1)
             for k, s in zip(kinds, scores[1:], strict=True):
                 wins[k].append(bool(s < scores[0]))
-            bad = corrupt(scene, rng)
+            bad, kind = corrupt(scene, rng, corruptions)
             if not check(meta, scene_detections(bad)):
                 s_bad = (model.image(torch.from_numpy(render(bad))[None]) * model.text(reward.tokens(texts[:1]))).sum()
                 wins["wrong_image"].append(bool(s_bad < scores[0]))
+                wins[f"wrong_{kind}"].append(bool(s_bad < scores[0]))
     return {f"acc_vs_{k}": float(np.mean(v)) for k, v in wins.items() if v} | {
         f"n_{k}": len(v) for k, v in wins.items()
     }
@@ -206,9 +255,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--wrong-per-scene", type=int, default=1, help="corrupted images per scene and step")
+    parser.add_argument(
+        "--corruptions",
+        default=",".join(DEFAULT_CORRUPTIONS),
+        help=f"comma-separated image-side negatives, from {','.join(CORRUPTIONS)} (default: the shipped reward's)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    trainer = ScoreTrainer(seed=args.seed, batch=args.batch)
+    corruptions = tuple(c for c in args.corruptions.split(",") if c)
+    trainer = ScoreTrainer(
+        seed=args.seed, batch=args.batch, wrong_per_scene=args.wrong_per_scene, corruptions=corruptions
+    )
     start, losses = time.perf_counter(), []
     bar = tqdm(range(args.steps), desc="shapes_score")
     for step in bar:
@@ -217,10 +275,12 @@ def main() -> None:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
     elapsed = time.perf_counter() - start
     trainer.model.eval()
-    metrics = measure(trainer.model, trainer.reward)
+    metrics = measure(trainer.model, trainer.reward, corruptions=corruptions)
     card = {
         "command": f"python -m leapalign.shapes.score_train --out {args.out} --steps {args.steps} "
-        f"--batch {args.batch} --seed {args.seed}",
+        f"--batch {args.batch} --seed {args.seed} --wrong-per-scene {args.wrong_per_scene} "
+        f"--corruptions {','.join(corruptions)}",
+        "corruptions": list(corruptions),
         "seed": args.seed,
         "steps": args.steps,
         "batch": args.batch,

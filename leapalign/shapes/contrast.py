@@ -1,0 +1,87 @@
+"""Near-miss prompts of a ShapesWorld prompt, for the contrastive form of ShapesScore.
+
+A dual-encoder reward scores an image against one prompt; a generator can raise that score with an image that is
+*closer to a near miss* of the prompt ("a square and a circle" drawn as two circles still shares most features
+with the prompt). Scoring the prompt against its near misses, as CLIP does in zero-shot classification, removes
+that loophole: the contrastive reward is the probability the reward model gives the prompt among the prompt and
+its near misses (:class:`leapalign.shapes.score.ShapesScore` with ``negatives > 0``).
+
+The near misses are text edits of the prompt's own metadata, never a look at an image:
+
+- one attribute changed (:func:`leapalign.shapes.negatives.mismatch`: a colour, a count, a relation, a shape);
+- for prompts that name two objects, the *collapse* edits: both objects given the first one's shape or the
+  second one's shape, or (with colours) the same colour, the mistakes of a generator that merges the two.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from functools import cache
+
+from leapalign.shapes.negatives import KINDS, mismatch
+from leapalign.shapes.prompts import load_metadata
+
+
+@cache
+def _known_metadata() -> dict[str, dict]:
+    return {m["prompt"]: m for split in ("train", "eval") for m in load_metadata(split)}
+
+
+def metadata_of(prompt: str) -> dict:
+    """The GenEval-style metadata of a shipped ShapesWorld prompt (train or held-out).
+
+    Raises:
+        KeyError: ``prompt`` is not one of the shipped ShapesWorld prompts.
+    """
+    try:
+        return _known_metadata()[prompt]
+    except KeyError:
+        raise KeyError(
+            f"{prompt!r} is not a ShapesWorld prompt (shapes:train / shapes:eval); the contrastive ShapesScore "
+            "(negatives > 0) builds its near misses from the prompt's metadata. Use negatives=0 for other prompts."
+        ) from None
+
+
+def _substitute(prompt: str, old: str, new: str, occurrence: int) -> str:
+    """Replaces the ``occurrence``-th whole-word match of ``old`` (0-based) by ``new``, fixing the article."""
+    matches = list(re.finditer(rf"\b{re.escape(old)}\b", prompt))
+    if occurrence >= len(matches):
+        return prompt
+    m = matches[occurrence]
+    out = prompt[: m.start()] + new + prompt[m.end() :]
+    return re.sub(r"\b(a|an) (\w+)", lambda g: ("an " if g.group(2)[0] in "aeiou" else "a ") + g.group(2), out)
+
+
+def _collapses(meta: dict) -> list[str]:
+    include = meta["include"]
+    if len(include) != 2 or include[0]["class"] == include[1]["class"]:
+        return []
+    prompt = meta["prompt"]
+    a, b = include[0]["class"], include[1]["class"]
+    out = [_substitute(prompt, b, a, 0), _substitute(prompt, a, b, 0)]  # both as a, both as b
+    ca, cb = include[0].get("color"), include[1].get("color")
+    if ca and cb and ca != cb:
+        out += [_substitute(prompt, cb, ca, 0), _substitute(prompt, ca, cb, 0)]
+    return out
+
+
+@cache
+def near_misses(prompt: str, num: int, seed: int = 0) -> tuple[str, ...]:
+    """Up to ``num`` distinct near misses of a shipped ShapesWorld ``prompt``, deterministic in ``seed``.
+
+    The collapse edits come first (when the prompt names two objects), then single-attribute mismatches of every
+    applicable kind in turn.
+    """
+    meta = metadata_of(prompt)
+    rng = random.Random(f"{seed}:{prompt}")
+    out: list[str] = []
+    candidates = _collapses(meta)
+    for _round in range(8):
+        candidates += [m["prompt"] for m in (mismatch(meta, kind, rng) for kind in KINDS) if m is not None]
+    for c in candidates:
+        if c != prompt and c not in out:
+            out.append(c)
+        if len(out) == num:
+            break
+    return tuple(out)

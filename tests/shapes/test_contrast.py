@@ -1,0 +1,61 @@
+"""The contrastive ShapesScore: near-miss prompts and the probability reward built on them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from leapalign.shapes.contrast import metadata_of, near_misses
+from leapalign.shapes.evaluator import check
+from leapalign.shapes.prompts import load_metadata
+from leapalign.shapes.scenes import render, scene_for
+from leapalign.shapes.score import ShapesScore
+from leapalign.shapes.score_train import scene_detections
+
+
+def test_near_misses_are_distinct_valid_prompts_that_a_true_scene_fails() -> None:
+    rng = np.random.default_rng(0)
+    for meta in load_metadata("train")[::7]:
+        misses = near_misses(meta["prompt"], 8)
+        assert misses and len(set(misses)) == len(misses) and meta["prompt"] not in misses
+        dets = scene_detections(scene_for(meta, rng))
+        assert check(meta, dets)
+        for miss in misses:  # a render of the prompt never satisfies a near miss that is a shipped prompt
+            if miss in {m["prompt"] for m in load_metadata("train")}:
+                assert not check(metadata_of(miss), dets), (meta["prompt"], miss)
+
+
+def test_two_object_prompts_get_collapse_negatives_first() -> None:
+    assert near_misses("a photo of a circle and a square", 2) == (
+        "a photo of a circle and a circle",
+        "a photo of a square and a square",
+    )
+    misses = near_misses("a photo of a blue circle and a cyan triangle", 4)
+    assert "a photo of a blue circle and a blue triangle" in misses
+    assert near_misses("a photo of a circle and a square", 3, seed=0) == near_misses(
+        "a photo of a circle and a square", 3, seed=0
+    )
+
+
+def test_unknown_prompt_names_the_fix() -> None:
+    with pytest.raises(KeyError, match="negatives=0"):
+        metadata_of("a cat on a mat")
+
+
+def test_contrastive_score_is_a_probability_that_prefers_the_true_scene() -> None:
+    prompt = "a photo of a circle and a square"
+    meta = metadata_of(prompt)
+    rng = np.random.default_rng(1)
+    right = torch.stack([torch.from_numpy(render(scene_for(meta, rng))) for _ in range(8)])
+    wrong_meta = metadata_of("a photo of two circles")
+    wrong = torch.stack([torch.from_numpy(render(scene_for(wrong_meta, rng))) for _ in range(8)])
+    reward = ShapesScore(negatives=8)
+    images = torch.cat([right, wrong]).requires_grad_(True)
+    scores = reward(images, [prompt] * 16)
+    assert scores.shape == (16,) and (scores > 0).all() and (scores < 1).all()
+    assert scores[:8].mean() > scores[8:].mean() + 0.3  # two circles are a near miss of "a circle and a square"
+    scores.sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="negatives"):
+        ShapesScore(negatives=-1)
