@@ -192,18 +192,15 @@ class PromptCache:
         """Embeddings of ``prompts``: token embeddings ``(B, L, D)`` and pooled ``(B, P)``."""
         if not prompts:
             raise ValueError("encode_prompts needs at least one prompt.")
-        missing = list(dict.fromkeys(p for p in prompts if p not in self._entries))
-        fresh: dict[str, tuple[Tensor, Tensor]] = {}
-        for p in missing:
+        for p in dict.fromkeys(p for p in prompts if p not in self._entries):
             # One prompt at a time: a batched encoder forward may round differently with the batch size (the
             # matmul kernels change with the number of rows), which would make an embedding depend on which
             # prompts happened to be encoded with it, and a resumed run (with a cold cache) drift from the
             # uninterrupted one. Each prompt is encoded once, so this costs little.
             embeds, pooled = self.encoder([p])
             self.num_encoded += 1
-            fresh[p] = (embeds[0], pooled[0])
-        self._entries.update(fresh)
-        rows = [fresh.get(p) or self._entries[p] for p in prompts]
+            self._entries[p] = (embeds[0], pooled[0])
+        rows = [self._entries[p] for p in prompts]
         for p in prompts:
             self._entries.move_to_end(p)
         self._evict()

@@ -19,7 +19,7 @@ import random
 import re
 from functools import cache
 
-from leapalign.shapes.negatives import KINDS, mismatch
+from leapalign.shapes.negatives import KINDS, _fix_articles, mismatch
 from leapalign.shapes.prompts import load_metadata
 
 
@@ -43,14 +43,9 @@ def metadata_of(prompt: str) -> dict:
         ) from None
 
 
-def _substitute(prompt: str, old: str, new: str, occurrence: int) -> str:
-    """Replaces the ``occurrence``-th whole-word match of ``old`` (0-based) by ``new``, fixing the article."""
-    matches = list(re.finditer(rf"\b{re.escape(old)}\b", prompt))
-    if occurrence >= len(matches):
-        return prompt
-    m = matches[occurrence]
-    out = prompt[: m.start()] + new + prompt[m.end() :]
-    return re.sub(r"\b(a|an) (\w+)", lambda g: ("an " if g.group(2)[0] in "aeiou" else "a ") + g.group(2), out)
+def _substitute(prompt: str, old: str, new: str) -> str:
+    """Replaces the first whole-word ``old`` by ``new``, fixing the article."""
+    return _fix_articles(re.sub(rf"\b{re.escape(old)}\b", new, prompt, count=1))
 
 
 def _collapses(meta: dict) -> list[str]:
@@ -59,10 +54,10 @@ def _collapses(meta: dict) -> list[str]:
         return []
     prompt = meta["prompt"]
     a, b = include[0]["class"], include[1]["class"]
-    out = [_substitute(prompt, b, a, 0), _substitute(prompt, a, b, 0)]  # both as a, both as b
+    out = [_substitute(prompt, b, a), _substitute(prompt, a, b)]  # both as a, both as b
     ca, cb = include[0].get("color"), include[1].get("color")
     if ca and cb and ca != cb:
-        out += [_substitute(prompt, cb, ca, 0), _substitute(prompt, ca, cb, 0)]
+        out += [_substitute(prompt, cb, ca), _substitute(prompt, ca, cb)]
     return out
 
 

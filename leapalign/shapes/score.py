@@ -194,12 +194,12 @@ class ShapesScore:
 
     def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         model = self.model.to(images.device)
-        tokens = self.tokens(prompts).to(images.device)
         with torch.autocast(images.device.type, enabled=False):
             b, n = images.shape[0], max(self.views, 1)
             x = images.float() if self.views == 0 else perturb(images.float().repeat(n, 1, 1, 1), self.max_shift)
             if self.negatives == 0:
-                return model(x, tokens.float().repeat(n, 1, 1)).view(n, b).mean(0)
+                tokens = self.tokens(prompts).to(images.device).float()
+                return model(x, tokens.repeat(n, 1, 1)).view(n, b).mean(0)
             image = model.image(x).view(n, b, -1)  # (views, B, D)
             scale = model.logit_scale.exp().clamp(max=100)
             out = []
