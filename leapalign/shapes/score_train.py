@@ -21,12 +21,14 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from leapalign.shapes.evaluator import Detection, check
@@ -142,11 +144,17 @@ class ScoreTrainer:
         lr: float = 1e-3,
         wrong_per_scene: int = 1,
         corruptions: tuple[str, ...] = DEFAULT_CORRUPTIONS,
+        adv_eps: float = 0.0,
+        adv_steps: int = 3,
+        init: Path | None = None,
     ) -> None:
+        if adv_eps < 0 or adv_steps < 1:
+            raise ValueError(f"adv_eps ({adv_eps}) must be >= 0 and adv_steps ({adv_steps}) >= 1.")
         self.seed, self.batch, self.lr, self.wrong_per_scene = seed, batch, lr, wrong_per_scene
         self.corruptions = tuple(corruptions)
+        self.adv_eps, self.adv_steps = float(adv_eps), int(adv_steps)
         torch.manual_seed(seed)
-        self.model = ShapesScoreModel(ScoreArch())
+        self.model = ShapesScoreModel.load(Path(init)).train() if init else ShapesScoreModel(ScoreArch())
         self.encoder = MiniLMEncoder()
         self.reward = ShapesScore(encoder=self.encoder)  # used for its token cache
         self.records = {c: [m for m in load_metadata("train") if m["tag"] == c] for c in CATEGORIES}
@@ -179,31 +187,76 @@ class ScoreTrainer:
         hard = [p for negs in negatives for p in negs]
         owner = torch.tensor([i for i, negs in enumerate(negatives) for _ in negs], dtype=torch.long)
         texts = self.model.text(self.reward.tokens(prompts + hard))
-        img = self.model.image(images)
-        scale = self.model.logit_scale.exp().clamp(max=100)
         b = len(prompts)
         # satisfied[i, j]: scene i satisfies prompt j (then j is no negative for i); the diagonal is the target.
         satisfied = torch.tensor([[i != j and check(metas[j], dets[i]) for j in range(b)] for i in range(b)])
-        sims = scale * img @ texts.T  # (B, B + H)
-        i2t = sims.clone()
-        i2t[:, :b] = i2t[:, :b].masked_fill(satisfied, float("-inf"))
-        i2t[:, b:] = i2t[:, b:].masked_fill(owner[None, :] != torch.arange(b)[:, None], float("-inf"))
-        t2i = sims[:, :b].T.masked_fill(satisfied.T, float("-inf"))
-        target = torch.arange(b)
-        loss = 0.5 * (F.cross_entropy(i2t, target) + F.cross_entropy(t2i, target))
-        # Wrong images (off-palette, blob, missing or extra object) must score below the right image.
         wrong_images, usable = self._wrong
-        if usable.any():
-            owner_w = torch.arange(b).repeat_interleave(self.wrong_per_scene)
-            s_wrong = (self.model.image(wrong_images) * texts[owner_w]).sum(-1)
-            s_right = (img * texts[:b]).sum(-1)[owner_w]
-            loss = loss + F.softplus(scale * (s_wrong - s_right))[usable].mean()
+
+        def loss_of(right: Tensor, wrong: Tensor, texts: Tensor) -> Tensor:
+            img = self.model.image(right)
+            scale = self.model.logit_scale.exp().clamp(max=100)
+            sims = scale * img @ texts.T  # (B, B + H)
+            i2t = sims.clone()
+            i2t[:, :b] = i2t[:, :b].masked_fill(satisfied, float("-inf"))
+            i2t[:, b:] = i2t[:, b:].masked_fill(owner[None, :] != torch.arange(b)[:, None], float("-inf"))
+            t2i = sims[:, :b].T.masked_fill(satisfied.T, float("-inf"))
+            target = torch.arange(b)
+            loss = 0.5 * (F.cross_entropy(i2t, target) + F.cross_entropy(t2i, target))
+            # Wrong images (off-palette, blob, missing or extra object, ...) must score below the right image.
+            if usable.any():
+                owner_w = torch.arange(b).repeat_interleave(self.wrong_per_scene)
+                s_wrong = (self.model.image(wrong) * texts[owner_w]).sum(-1)
+                s_right = (img * texts[:b]).sum(-1)[owner_w]
+                loss = loss + F.softplus(scale * (s_wrong - s_right))[usable].mean()
+            return loss
+
+        loss = loss_of(images, wrong_images, texts)
+        if self.adv_eps > 0:  # Madry-style adversarial training, half clean and half adversarial
+            adv_right, adv_wrong = pgd_l2(
+                lambda r, w: loss_of(r, w, texts.detach()), (images, wrong_images), self.adv_eps, self.adv_steps
+            )
+            loss = 0.5 * (loss + loss_of(adv_right, adv_wrong, texts))
         for g in self.opt.param_groups:
             g["lr"] = self.lr * 0.5 * (1 + np.cos(np.pi * step / total))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         return loss.item()
+
+
+def pgd_l2(loss_fn: Callable[..., Tensor], inputs: tuple[Tensor, ...], eps: float, steps: int) -> tuple[Tensor, ...]:
+    """Projected gradient ascent of ``loss_fn(*inputs)`` within an L2 ball of radius ``eps`` per image.
+
+    The perturbed images stay in ``[0, 1]``; the model's parameters receive no gradient. A reward trained on
+    such worst-case images has input gradients that follow the scene rather than pixel patterns (the
+    "perceptually aligned gradients" of adversarially robust models), so a generator climbing it has to change
+    what is drawn.
+
+    Args:
+        loss_fn: Maps the perturbed inputs to a scalar loss to maximise.
+        inputs: Image batches ``(N_i, 3, H, W)`` in ``[0, 1]``.
+        eps: L2 radius of each image's perturbation (pixel units, e.g. 0.5 for a 32x32x3 image).
+        steps: Ascent steps, each of length ``2.5 * eps / steps``.
+
+    Returns:
+        The perturbed batches, detached, in the order of ``inputs``.
+    """
+    step_size = 2.5 * eps / steps
+
+    def project(delta: Tensor, x: Tensor) -> Tensor:
+        norm = delta.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, 1, 1, 1)
+        delta = delta * (eps / norm).clamp(max=1.0)
+        return (x + delta).clamp(0.0, 1.0) - x
+
+    deltas = [project(torch.randn_like(x) * eps / x[0].numel() ** 0.5, x) for x in inputs]
+    for _ in range(steps):
+        deltas = [d.detach().requires_grad_(True) for d in deltas]
+        grads = torch.autograd.grad(loss_fn(*(x + d for x, d in zip(inputs, deltas, strict=True))), deltas)
+        deltas = [
+            project(d + step_size * g / g.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, 1, 1, 1), x)
+            for d, g, x in zip(deltas, grads, inputs, strict=True)
+        ]
+    return tuple((x + d).detach() for x, d in zip(inputs, deltas, strict=True))
 
 
 @torch.no_grad()
@@ -261,11 +314,24 @@ def main() -> None:
         default=",".join(DEFAULT_CORRUPTIONS),
         help=f"comma-separated image-side negatives, from {','.join(CORRUPTIONS)} (default: the shipped reward's)",
     )
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine decay)")
+    parser.add_argument("--init", type=Path, help="start from these ShapesScore weights (default: random init)")
+    parser.add_argument(
+        "--adv-eps", type=float, default=0.0, help="L2 radius of adversarial training (0: off; e.g. 0.5)"
+    )
+    parser.add_argument("--adv-steps", type=int, default=3, help="PGD steps per batch when --adv-eps > 0")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     corruptions = tuple(c for c in args.corruptions.split(",") if c)
     trainer = ScoreTrainer(
-        seed=args.seed, batch=args.batch, wrong_per_scene=args.wrong_per_scene, corruptions=corruptions
+        seed=args.seed,
+        batch=args.batch,
+        lr=args.lr,
+        wrong_per_scene=args.wrong_per_scene,
+        corruptions=corruptions,
+        adv_eps=args.adv_eps,
+        adv_steps=args.adv_steps,
+        init=args.init,
     )
     start, losses = time.perf_counter(), []
     bar = tqdm(range(args.steps), desc="shapes_score")
@@ -279,7 +345,11 @@ def main() -> None:
     card = {
         "command": f"python -m leapalign.shapes.score_train --out {args.out} --steps {args.steps} "
         f"--batch {args.batch} --seed {args.seed} --wrong-per-scene {args.wrong_per_scene} "
-        f"--corruptions {','.join(corruptions)}",
+        f"--corruptions {','.join(corruptions)} --lr {args.lr}"
+        + (f" --init {args.init}" if args.init else "")
+        + (f" --adv-eps {args.adv_eps} --adv-steps {args.adv_steps}" if args.adv_eps > 0 else ""),
+        "init": str(args.init) if args.init else None,
+        "adv_eps": args.adv_eps,
         "corruptions": list(corruptions),
         "seed": args.seed,
         "steps": args.steps,

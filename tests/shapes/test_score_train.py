@@ -1,0 +1,49 @@
+"""ShapesScore training options: PGD within an L2 ball and adversarial fine-tuning from given weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from leapalign.shapes.score import ShapesScoreModel, default_weights
+from leapalign.shapes.score_train import ScoreTrainer, pgd_l2
+
+
+def test_pgd_l2_stays_in_the_ball_and_the_image_range_and_raises_the_loss() -> None:
+    torch.manual_seed(0)
+    x, y = torch.rand(4, 3, 8, 8), torch.rand(2, 3, 8, 8)
+    w = torch.randn(3, 8, 8)
+
+    def loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a * w).sum() - (b * w).sum()
+
+    adv_x, adv_y = pgd_l2(loss, (x, y), eps=0.5, steps=3)
+    for clean, adv in ((x, adv_x), (y, adv_y)):
+        assert not adv.requires_grad
+        assert adv.min() >= 0.0 and adv.max() <= 1.0
+        assert torch.all((adv - clean).flatten(1).norm(dim=1) <= 0.5 + 1e-5)
+    assert loss(adv_x, adv_y) > loss(x, y) + 1.0  # a linear loss climbs close to eps * |w| per image
+
+
+def test_pgd_l2_leaves_parameters_without_gradients() -> None:
+    lin = torch.nn.Linear(12, 1)
+    pgd_l2(lambda a: lin(a.flatten(1)).sum(), (torch.rand(2, 3, 2, 2),), eps=0.1, steps=2)
+    assert all(p.grad is None for p in lin.parameters())
+
+
+def test_adversarial_step_fine_tunes_the_given_weights() -> None:
+    trainer = ScoreTrainer(batch=6, init=default_weights(), lr=1e-4, adv_eps=0.5, adv_steps=1)
+    shipped = ShapesScoreModel.load(default_weights())
+    assert torch.equal(trainer.model.image.proj.weight, shipped.image.proj.weight)
+    loss = trainer.step(0, 10)
+    assert loss == loss and loss > 0  # finite
+    assert not torch.equal(trainer.model.image.proj.weight, shipped.image.proj.weight)
+
+
+def test_bad_adversarial_settings_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="adv_eps"):
+        ScoreTrainer(batch=2, adv_eps=-1.0)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        ScoreTrainer(batch=2, init=tmp_path)
