@@ -10,6 +10,10 @@ Run::
 
     python -m leapalign.shapes.score_audit --weights leapalign/shapes/assets/shapes_score --out audit.json
     python -m leapalign.shapes.score_audit --weights leapalign/shapes/assets/shapes_score --negatives 0 8
+    python -m leapalign.shapes.score_audit --weights W1 W2 --images runs/x/eval runs/y/eval   # any model's samples
+
+``--images`` reads the PNGs of finished ``leapalign eval`` folders on the ShapesWorld prompts instead of sampling
+the base model, so a reward can be audited on the images a fine-tuned (possibly reward-hacking) policy draws.
 """
 
 from __future__ import annotations
@@ -92,6 +96,30 @@ def base_samples(images_per_prompt: int = 4) -> tuple[Tensor, list[dict]]:
     return images, [m for m in metadata for _ in range(images_per_prompt)]
 
 
+def eval_folder_samples(folder: Path) -> tuple[Tensor, list[dict]]:
+    """The images of a finished ``leapalign eval`` folder and the metadata of the prompt each was drawn for.
+
+    Raises:
+        FileNotFoundError: If ``folder`` holds no finished evaluation images.
+        ValueError: If an image's prompt has no GenEval-style metadata (not a ShapesWorld evaluation).
+    """
+    from leapalign.eval.store import load_png
+
+    records_path = folder / "records.jsonl"
+    if not records_path.is_file():
+        raise FileNotFoundError(f"{folder} holds no evaluation (records.jsonl missing); run `leapalign eval` first.")
+    images, metadata = [], []
+    for line in records_path.read_text().splitlines():
+        rec = json.loads(line)
+        meta_path = folder / "images" / f"{int(rec['prompt_index']):05d}" / "metadata.jsonl"
+        meta = json.loads(meta_path.read_text().splitlines()[0]) if meta_path.is_file() else {}
+        if "tag" not in meta:
+            raise ValueError(f"{meta_path}: no GenEval metadata; audit evaluations on --prompts shapes:eval only.")
+        images.append(load_png(folder / rec["file"]))
+        metadata.append(meta)
+    return torch.stack(images), metadata
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Audit ShapesScore against ShapesEval on base-model samples")
     parser.add_argument("--weights", type=Path, nargs="+", required=True, help="ShapesScore weight directories")
@@ -103,14 +131,28 @@ def main() -> None:
         default=[0],
         help="audit these forms of each reward: 0 = the plain score, K > 0 = contrastive with K near misses",
     )
+    parser.add_argument(
+        "--images",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="leapalign eval folders whose images to audit (default: sample the base model)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default: print only)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from leapalign.shapes.score import ShapesScore
 
-    images, metadata = base_samples(args.images_per_prompt)
+    sources = (
+        {str(f): eval_folder_samples(f) for f in args.images}
+        if args.images
+        else {"base": base_samples(args.images_per_prompt)}
+    )
     result = {
-        str(w) + (f" negatives={k}" if k else ""): audit(ShapesScore(path=w, negatives=k), images, metadata)
+        (f"{src}: " if args.images else "") + str(w) + (f" negatives={k}" if k else ""): audit(
+            ShapesScore(path=w, negatives=k), images, metadata
+        )
+        for src, (images, metadata) in sources.items()
         for w in args.weights
         for k in args.negatives
     }

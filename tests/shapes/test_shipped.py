@@ -109,6 +109,19 @@ def test_eval_command_writes_the_shapes_metrics(tmp_path: Path) -> None:
         assert key in metrics
     assert metrics["num_images"] == 96 and (out / "samples.png").is_file()
 
+    # The reward audit reads the same folder: every image with the metadata of its prompt.
+    from leapalign.shapes.score_audit import audit, eval_folder_samples
+
+    images, metadata = eval_folder_samples(out)
+    assert images.shape == (96, 3, 32, 32) and len(metadata) == 96
+    result = audit(ShapesScore(), images, metadata)
+    assert result["overall"]["n"] == 96
+    for tag, row in result.items():  # the audit's acceptance is ShapesEval's, category by category
+        if tag != "overall":
+            assert abs(row["accuracy"] - metrics[f"shapes_eval.{tag}"]) < 1e-9, tag
+    with pytest.raises(FileNotFoundError, match="leapalign eval"):
+        eval_folder_samples(tmp_path)
+
 
 def test_shapes_score_views_average_perturbed_copies_and_pass_gradients() -> None:
     from leapalign.shapes.score import perturb
