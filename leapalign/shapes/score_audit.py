@@ -14,6 +14,8 @@ Run::
 
 ``--images`` reads the PNGs of finished ``leapalign eval`` folders on the ShapesWorld prompts instead of sampling
 the base model, so a reward can be audited on the images a fine-tuned (possibly reward-hacking) policy draws.
+``--pool`` adds the audit of all folders together: a reward that gives a hacking policy's wrong images more than
+the base model's correct ones has a low pooled AUC even when each model's own AUC looks fine.
 """
 
 from __future__ import annotations
@@ -138,6 +140,12 @@ def main() -> None:
         default=None,
         help="leapalign eval folders whose images to audit (default: sample the base model)",
     )
+    parser.add_argument(
+        "--pool",
+        action="store_true",
+        help="also audit the union of the --images folders: a reward a policy cannot hack must rank one model's "
+        "correct images above another model's wrong ones",
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default: print only)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -148,6 +156,10 @@ def main() -> None:
         if args.images
         else {"base": base_samples(args.images_per_prompt)}
     )
+    if args.pool and len(sources) > 1:
+        parts = list(sources.values())
+        pooled = torch.cat([images for images, _ in parts]), [m for _, metadata in parts for m in metadata]
+        sources["pooled(" + " + ".join(sources) + ")"] = pooled
     result = {
         (f"{src}: " if args.images else "") + str(w) + (f" negatives={k}" if k else ""): audit(
             ShapesScore(path=w, negatives=k), images, metadata
