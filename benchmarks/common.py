@@ -79,8 +79,18 @@ def git_info() -> dict[str, Any]:
 
 
 def provenance(threads: int) -> dict[str, Any]:
-    """The fields every record carries: ``threads``, ``machine``, ``git`` and the allocator in use."""
-    return {"threads": threads, "machine": machine_info(), "git": git_info(), "allocator": allocator_in_use()}
+    """The fields every record carries: ``threads``, ``machine``, ``git``, the allocator in use and ``load_avg``.
+
+    ``load_avg`` is the system's 1, 5 and 15-minute load average when the record is written: above ``threads``,
+    other work shared the CPU with the cell and its timings are slower than the machine's.
+    """
+    return {
+        "threads": threads,
+        "machine": machine_info(),
+        "git": git_info(),
+        "allocator": allocator_in_use(),
+        "load_avg": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 # ------------------------------------------------------------------------------------------- allocator

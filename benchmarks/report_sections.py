@@ -164,6 +164,18 @@ def ablations_section(ablations: list[dict[str, Any]], trained: list[dict[str, A
         return s
     s.lines += ["Mean ± half-width of the 95% t-interval over seeds; variants equal to the default LeapAlign reuse its"]
     s.lines += ["records (`reused_from`).", ""]
+    own = [r for r in ablations if "reused_from" not in r]
+    threads = sorted({r.get("threads") for r in own if r.get("threads") is not None})
+    loaded = [r for r in own if r.get("load_avg") and r["load_avg"][1] > r["threads"] + 0.5]
+    timed = [r for r in own if r.get("load_avg")]
+    if threads:
+        s.lines += [
+            f"Timing: {len(own)} cells ran here with {', '.join(map(str, threads))} torch thread(s) each; "
+            f"{len(loaded)} of the {len(timed)} that recorded the load average finished with other work sharing the",
+            "CPU (5-minute load above the cell's threads + 0.5). Their s / iter are slower than the machine's; the",
+            "method comparison's timings are the reference.",
+            "",
+        ]
     for group in dict.fromkeys(r["group"] for r in ablations):
         recs = [r for r in ablations if r["group"] == group]
         s.lines += [f"**{group}**", "", "| variant | seeds | ShapesScore | ShapesEval overall | diversity | s / iter |"]

@@ -43,6 +43,7 @@ def test_cost_cell_records_time_and_memory_and_skips_when_done(tmp_path: Path) -
     assert (rec["method"], rec["T"], rec["device"], rec["model_size"]) == ("leapalign", 2, "cpu", "shapes")
     assert rec["sec_per_iter"] > 0 and rec["sampling_sec"] > 0 and rec["peak_mem_mb"] > rec["peak_mem_delta_mb"]
     assert rec["threads"] == 1 and rec["allocator"] and rec["batch"] == 8
+    assert len(rec["load_avg"]) == 3 and min(rec["load_avg"]) >= 0  # whether other work shared the CPU
     again = run_module("benchmarks.cost", *args)
     assert "done, skipped" in again.stdout and json.loads(out.read_text()) == [rec]
 
