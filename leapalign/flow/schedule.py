@@ -84,7 +84,7 @@ def _check_steps(num_steps: int) -> None:
         raise ValueError(f"the number of sampling steps must be >= 1, got {num_steps}.")
 
 
-STEP_RANGES = ("full", "late")
+STEP_RANGES = ("full", "late", "early")
 
 
 def candidate_steps(sigmas: Tensor, step_range: str = "full") -> list[int]:
@@ -92,14 +92,17 @@ def candidate_steps(sigmas: Tensor, step_range: str = "full") -> list[int]:
 
     Args:
         sigmas: Schedule of shape ``(T + 1,)``.
-        step_range: ``"full"`` (every step, as the paper) or ``"late"`` (steps with ``sigma <= 0.5``, the
-            paper's ``[0, 1/2]`` ablation read as a sigma interval).
+        step_range: ``"full"`` (every step, as the paper), ``"late"`` (steps with ``sigma <= 0.5``, the
+            paper's ``[0, 1/2]`` ablation read as a sigma interval) or ``"early"`` (the others, ``sigma > 0.5``,
+            where the layout is decided).
     """
     num_steps = sigmas.numel() - 1
     if step_range == "full":
         return list(range(num_steps))
     if step_range == "late":
         return [i for i in range(num_steps) if float(sigmas[i]) <= 0.5]
+    if step_range == "early":
+        return [i for i in range(num_steps) if float(sigmas[i]) > 0.5]
     raise ValueError(f"step_range={step_range!r} is invalid; allowed values: {', '.join(STEP_RANGES)}.")
 
 

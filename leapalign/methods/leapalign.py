@@ -51,7 +51,7 @@ class LeapAlignConfig:
         num_leaps: Steps that carry gradients (2 in the paper; 1 and 3 are ablations).
         reward_on: ``x0`` (real final image through the connector) or ``x0_hat`` (the last leap's estimate).
         weighting: Distances in the weight: ``both`` (d_j + d_0), ``d_j``, ``d_0`` or ``none`` (weight 1).
-        step_range: ``full`` (every step) or ``late`` (``sigma <= 0.5``).
+        step_range: ``full`` (every step), ``late`` (``sigma <= 0.5``) or ``early`` (``sigma > 0.5``).
         fixed_gap: Sigma gap between the leap starts; ``None`` draws them at random (the paper's default).
     """
 

@@ -127,7 +127,10 @@ def build_reward_term(term: RewardTermConfig) -> RewardFn:
 def build_reward(cfg: RewardConfig) -> WeightedReward:
     """Builds the (weighted) training reward described by ``cfg``."""
     return WeightedReward(
-        [(build_reward_term(t), t.weight) for t in cfg.terms], normalize=cfg.normalize, momentum=cfg.momentum
+        [(build_reward_term(t), t.weight) for t in cfg.terms],
+        normalize=cfg.normalize,
+        momentum=cfg.momentum,
+        combine=cfg.combine,
     )
 
 

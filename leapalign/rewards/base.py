@@ -54,6 +54,7 @@ class RewardTermConfig:
 
 
 NORMALIZE_MODES = ("raw", "running")
+COMBINE_MODES = ("sum", "min")
 
 
 @dataclass
@@ -67,11 +68,15 @@ class RewardConfig:
             (:mod:`leapalign.rewards.normalize`), so the weights set the balance whatever the scales. Hinge
             thresholds (``method.threshold``) then apply to the normalised sum.
         momentum: EMA decay of the running statistics (``normalize: running``).
+        combine: ``sum`` (default): the weighted sum. ``min``: the smallest weighted term of each sample, the
+            worst-case optimisation of a reward ensemble (Coste et al., 2023): an image must please every member,
+            so a direction that fools one member but not the others earns nothing.
     """
 
     terms: list[RewardTermConfig] = field(default_factory=lambda: [RewardTermConfig()])
     normalize: str = "raw"
     momentum: float = 0.99
+    combine: str = "sum"
 
     def __post_init__(self) -> None:
         if not self.terms:
@@ -80,29 +85,43 @@ class RewardConfig:
             raise ValueError(f"reward.normalize={self.normalize!r} is invalid; allowed: {', '.join(NORMALIZE_MODES)}.")
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"reward.momentum={self.momentum} must be in [0, 1).")
+        if self.combine not in COMBINE_MODES:
+            raise ValueError(f"reward.combine={self.combine!r} is invalid; allowed: {', '.join(COMBINE_MODES)}.")
 
 
 class WeightedReward:
-    """A weighted sum of rewards, :math:`r = \\sum_i w_i n_i(r_i)`; it remembers each term of the last call.
+    """A weighted sum of rewards, :math:`r = \\sum_i w_i n_i(r_i)`, or their minimum :math:`\\min_i w_i n_i(r_i)`
+    (``combine="min"``); it remembers each term of the last call.
 
     ``n_i`` is the identity (``normalize="raw"``) or a :class:`~leapalign.rewards.normalize.RunningNormalizer`
     updated by every call (``normalize="running"``).
 
     Attributes:
-        last_terms: Detached raw per-term scores of the last call, ``{name: Tensor (B,)}``, for logging.
+        last_terms: Detached raw per-term scores of the last call, ``{name: Tensor (B,)}``, for logging (a name
+            that repeats gets ``_2``, ``_3``, ... in order, e.g. the members of an ensemble of one reward).
         normalizers: One running normaliser per term (``normalize="running"``), else empty.
     """
 
-    def __init__(self, terms: Sequence[tuple[RewardFn, float]], normalize: str = "raw", momentum: float = 0.99) -> None:
+    def __init__(
+        self,
+        terms: Sequence[tuple[RewardFn, float]],
+        normalize: str = "raw",
+        momentum: float = 0.99,
+        combine: str = "sum",
+    ) -> None:
         if not terms:
             raise ValueError("a weighted reward needs at least one term.")
         if normalize not in NORMALIZE_MODES:
             raise ValueError(f"normalize={normalize!r} is invalid; allowed: {', '.join(NORMALIZE_MODES)}.")
+        if combine not in COMBINE_MODES:
+            raise ValueError(f"combine={combine!r} is invalid; allowed: {', '.join(COMBINE_MODES)}.")
         self.terms = list(terms)
         names = [r.name for r, _ in self.terms]
         if normalize == "running" and len(set(names)) != len(names):
             raise ValueError(f"reward terms must have distinct names to be logged separately, got {names}.")
-        self.name = "+".join(names)
+        self.keys = [n if names[:i].count(n) == 0 else f"{n}_{names[:i].count(n) + 1}" for i, n in enumerate(names)]
+        self.combine = combine
+        self.name = "+".join(names) if combine == "sum" or len(names) == 1 else f"min({','.join(names)})"
         self.differentiable = all(r.differentiable for r, _ in self.terms)
         self.normalize = normalize
         self.normalizers = [RunningNormalizer(momentum) for _ in self.terms] if normalize == "running" else []
@@ -124,7 +143,7 @@ class WeightedReward:
             norm.load_state_dict(state[reward.name])
 
     def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
-        total: Tensor | None = None
+        weighted: list[Tensor] = []
         self.last_terms = {}
         for i, (reward, weight) in enumerate(self.terms):
             score = reward(images, prompts)
@@ -133,12 +152,12 @@ class WeightedReward:
                     f"reward {reward.name!r} returned shape {tuple(score.shape)}; a reward must return one score "
                     f"per image, shape ({images.shape[0]},)."
                 )
-            self.last_terms[reward.name] = score.detach()
+            self.last_terms[self.keys[i]] = score.detach()
             if self.normalizers:
                 score = self.normalizers[i](score)
-            total = weight * score if total is None else total + weight * score
-        assert total is not None
-        return total
+            weighted.append(weight * score)
+        stacked = torch.stack(weighted)  # (terms, B)
+        return stacked.sum(0) if self.combine == "sum" else stacked.min(0).values
 
 
 def check_images(images: Tensor) -> None:

@@ -182,6 +182,8 @@ def test_sample_leap_steps_late_range_and_fixed_gap() -> None:
     for _ in range(50):
         k, j = sample_leap_steps(sigmas, 2, gen, step_range="late")
         assert sigmas[k] <= 0.5 and sigmas[j] <= 0.5
+        k, j = sample_leap_steps(sigmas, 2, gen, step_range="early")
+        assert sigmas[k] > 0.5 and sigmas[j] > 0.5
         k, j = sample_leap_steps(sigmas, 2, gen, fixed_gap=0.5)
         assert abs(float(sigmas[k] - sigmas[j]) - 0.5) < 0.05
     assert len(sample_leap_steps(sigmas, 3, gen)) == 3

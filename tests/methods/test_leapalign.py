@@ -148,7 +148,7 @@ def test_ablation_options_run_and_give_gradients(options: dict) -> None:
         ("tau", 0.0, "tau"),
         ("num_leaps", 4, "num_leaps"),
         ("weighting", "d_x", "weighting"),
-        ("step_range", "early", "step_range"),
+        ("step_range", "middle", "step_range"),
         ("fixed_gap", 1.5, "fixed_gap"),
     ],
 )

@@ -102,3 +102,15 @@ def test_running_normalisation_resumes_exactly(tmp_path) -> None:
     for x, y in zip(ra, rb, strict=True):
         assert x["loss"] == y["loss"] and x["reward_mean"] == y["reward_mean"]
         assert x["reward/brightness"] == y["reward/brightness"]  # raw per-term scores are logged
+
+
+def test_min_combination_is_the_worst_weighted_member_and_logs_each_member() -> None:
+    images = torch.rand(3, 3, 8, 8, requires_grad=True)
+    members = [Const("m", [[1.0, 5.0, 3.0]]), Const("m", [[2.0, 4.0, 0.0]]), Const("m", [[0.5, 6.0, 9.0]])]
+    reward = WeightedReward([(m, 1.0) for m in members], combine="min")
+    torch.testing.assert_close(reward(images, ["p"] * 3), torch.tensor([0.5, 4.0, 0.0]))
+    assert reward.name == "min(m,m,m)" and list(reward.last_terms) == ["m", "m_2", "m_3"]
+    cfg = RewardConfig(terms=[RewardTermConfig("brightness"), RewardTermConfig("brightness")], combine="min")
+    assert build_reward(cfg).combine == "min"
+    with pytest.raises(ValueError, match="combine"):
+        RewardConfig(combine="max")
