@@ -103,7 +103,10 @@ def run_evaluation(
     """
     names = [r.name for r in rewards]
     if len(set(names)) != len(names):
-        raise ValueError(f"rewards must have distinct names, got {names}.")
+        raise ValueError(
+            f"rewards must have distinct names, got {names} (e.g. the members of an ensemble reward); choose the "
+            f"ones to report with --rewards NAME and --reward-arg NAME.path=..., one evaluation per member."
+        )
     check_resolution(model, sampling.height, sampling.width)
     shapes = prompt_set.is_shapes()
     settings = {
