@@ -138,7 +138,7 @@ def test_function_reward_by_import_path_and_weighted_sum(tmp_path: Path) -> None
         (["reward=nope"], "unknown reward"),
         (["method.alpha=1.5"], "alpha"),
         (["method.tau=0"], "tau"),
-        (["method.step_range=early"], "step_range"),
+        (["method.step_range=middle"], "step_range"),
         (["method=alignprop", "method.min_grad_steps=5", "method.max_grad_steps=2"], "min_grad_steps"),
         (["sampler.num_steps=0"], "sampler.num_steps"),
         (["data.prompts=/no/such/file.txt"], "no such file"),

@@ -69,10 +69,23 @@ def add_eval_arguments(p: argparse.ArgumentParser, default_config: str) -> None:
 
 def reward_terms(names: str | None, args: list[str], configured: list[RewardTermConfig]) -> list[RewardTermConfig]:
     """The rewards to evaluate: ``names`` (with the configured arguments of same-named terms) or the configured
-    terms; ``NAME.KEY=VALUE`` arguments on top (values parsed as YAML scalars)."""
+    terms; ``NAME.KEY=VALUE`` arguments on top (values parsed as YAML scalars). A name configured several times
+    (the members of an ensemble) is ambiguous: it starts from the reward's defaults, and a warning says so."""
     by_name = {t.name: t for t in configured}
+    repeated = {t.name for t in configured if sum(c.name == t.name for c in configured) > 1}
     if names:
-        terms = [RewardTermConfig(n, 1.0, dict(by_name[n].args) if n in by_name else {}) for n in names.split(",")]
+        for n in repeated & set(names.split(",")):
+            logger.warning(
+                "reward %r appears %d times in the run's config (an ensemble); evaluating it with its default "
+                "arguments plus --reward-arg (e.g. --reward-arg %s.path=...)",
+                n,
+                sum(c.name == n for c in configured),
+                n,
+            )
+        terms = [
+            RewardTermConfig(n, 1.0, dict(by_name[n].args) if n in by_name and n not in repeated else {})
+            for n in names.split(",")
+        ]
     else:
         terms = [RewardTermConfig(t.name, 1.0, dict(t.args)) for t in configured]
     for item in args:

@@ -57,7 +57,7 @@ def audit(reward, images: Tensor, metadata: Sequence[dict]) -> dict[str, Any]:
 
     Returns:
         Per category and ``overall``: ``auc``, ShapesEval ``accuracy``, the mean score of accepted and of
-        rejected images, and ``n``.
+        rejected images and of all (``score_mean``), and ``n``.
     """
     scores = (
         torch.cat(
@@ -80,6 +80,7 @@ def audit(reward, images: Tensor, metadata: Sequence[dict]) -> dict[str, Any]:
             "accuracy": float(y.mean()),
             "score_accepted": float(s[y].mean()) if y.any() else float("nan"),
             "score_rejected": float(s[~y].mean()) if (~y).any() else float("nan"),
+            "score_mean": float(s.mean()),
             "n": int(sel.sum()),
         }
     return out

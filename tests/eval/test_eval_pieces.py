@@ -62,5 +62,10 @@ def test_reward_selection() -> None:
         ("pickscore", {"scale": 0.01}),
     ]
     assert [t.name for t in reward_terms(None, [], configured)] == ["hpsv2"]
+    ensemble = [RewardTermConfig("shapes_score"), RewardTermConfig("shapes_score", 1.0, {"path": "m2"})]
+    (term,) = reward_terms("shapes_score", [], ensemble)  # ambiguous: the defaults, not the last member's path
+    assert term.args == {}
+    (term,) = reward_terms("shapes_score", ["shapes_score.path=m2"], ensemble)
+    assert term.args == {"path": "m2"}
     with pytest.raises(ConfigError, match="NAME.KEY=VALUE"):
         reward_terms("hpsv2", ["clip_score.model=x"], configured)
