@@ -33,6 +33,9 @@ VOLATILE_RUN_KEYS = (
     "tensorboard",
     "export",
 )
+# Options added to the library after cells were recorded, with the default that reproduces those cells: left out
+# of the config hash while they hold it, so a new option does not make every finished cell stale.
+LATER_DEFAULTS: dict[str, object] = {"reward.combine": "sum"}
 TOP_KEYS = {"base_config", "common", "evaluation", "seeds", "methods", "ablations"}
 
 
@@ -187,6 +190,11 @@ class Protocol:
         cfg = OmegaConf.create(to_yaml(self.config_for(cell, Path("unused"))))
         for key in VOLATILE_RUN_KEYS:
             cfg.run.pop(key, None)
+        for dotted, default in LATER_DEFAULTS.items():
+            section, _, key = dotted.rpartition(".")
+            node = OmegaConf.select(cfg, section)
+            if node is not None and node.get(key) == default:
+                node.pop(key)
         if cell.is_base:  # the base evaluation does not depend on the training options
             for key in ("method", "train", "data", "reward"):
                 cfg.pop(key, None)

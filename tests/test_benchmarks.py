@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -59,6 +60,11 @@ def test_shipped_protocol_cells() -> None:
     ablations = {c.variant: c for c in protocol.cells("ablations") if c.seed == 0}
     assert protocol.config_hash(ablations["alpha_0.3"]) == protocol.config_hash(ablations["weight_both"])
     assert protocol.config_hash(ablations["alpha_0"]) != protocol.config_hash(ablations["alpha_1"])
+    # An option added later, at the default that reproduces the recorded cells, leaves their hash alone.
+    cell = ablations["alpha_0"]
+    same = dataclasses.replace(cell, overrides=[*cell.overrides, "reward.combine=sum"])
+    other = dataclasses.replace(cell, overrides=[*cell.overrides, "reward.combine=min"])
+    assert protocol.config_hash(same) == protocol.config_hash(cell) != protocol.config_hash(other)
 
 
 def test_format_override_and_errors(tmp_path: Path) -> None:
