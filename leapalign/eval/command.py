@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -72,14 +73,15 @@ def reward_terms(names: str | None, args: list[str], configured: list[RewardTerm
     terms; ``NAME.KEY=VALUE`` arguments on top (values parsed as YAML scalars). A name configured several times
     (the members of an ensemble) is ambiguous: it starts from the reward's defaults, and a warning says so."""
     by_name = {t.name: t for t in configured}
-    repeated = {t.name for t in configured if sum(c.name == t.name for c in configured) > 1}
+    counts = Counter(t.name for t in configured)
+    repeated = {n for n, c in counts.items() if c > 1}
     if names:
         for n in repeated & set(names.split(",")):
             logger.warning(
                 "reward %r appears %d times in the run's config (an ensemble); evaluating it with its default "
                 "arguments plus --reward-arg (e.g. --reward-arg %s.path=...)",
                 n,
-                sum(c.name == n for c in configured),
+                counts[n],
                 n,
             )
         terms = [

@@ -103,24 +103,25 @@ def eval_folder_samples(folder: Path) -> tuple[Tensor, list[dict]]:
     """The images of a finished ``leapalign eval`` folder and the metadata of the prompt each was drawn for.
 
     Raises:
-        FileNotFoundError: If ``folder`` holds no finished evaluation images.
+        FileNotFoundError: If ``folder`` holds no evaluation.
         ValueError: If an image's prompt has no GenEval-style metadata (not a ShapesWorld evaluation).
     """
-    from leapalign.eval.store import load_png
+    from leapalign.eval.store import EvalStore
 
-    records_path = folder / "records.jsonl"
-    if not records_path.is_file():
-        raise FileNotFoundError(f"{folder} holds no evaluation (records.jsonl missing); run `leapalign eval` first.")
-    images, metadata = [], []
-    for line in records_path.read_text().splitlines():
-        rec = json.loads(line)
-        meta_path = folder / "images" / f"{int(rec['prompt_index']):05d}" / "metadata.jsonl"
-        meta = json.loads(meta_path.read_text().splitlines()[0]) if meta_path.is_file() else {}
+    settings = folder / "settings.json"
+    if not settings.is_file():
+        raise FileNotFoundError(f"{folder} holds no evaluation (settings.json missing); run `leapalign eval` first.")
+    store = EvalStore(folder, json.loads(settings.read_text()))  # the folder's own settings: read, never rewritten
+    records = store.records()
+    by_prompt: dict[int, dict] = {}
+    for i in sorted({i for i, _ in records}):
+        path = folder / "images" / f"{i:05d}" / "metadata.jsonl"
+        meta = json.loads(path.read_text().splitlines()[0]) if path.is_file() else {}
         if "tag" not in meta:
-            raise ValueError(f"{meta_path}: no GenEval metadata; audit evaluations on --prompts shapes:eval only.")
-        images.append(load_png(folder / rec["file"]))
-        metadata.append(meta)
-    return torch.stack(images), metadata
+            raise ValueError(f"{path}: no GenEval metadata; audit evaluations on --prompts shapes:eval only.")
+        by_prompt[i] = meta
+    keys = sorted(records)
+    return torch.stack([store.load_image(records[k]) for k in keys]), [by_prompt[i] for i, _ in keys]
 
 
 def main() -> None:
