@@ -23,6 +23,7 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -47,6 +48,9 @@ from leapalign.shapes.scenes import (
 )
 from leapalign.shapes.score import ScoreArch, ShapesScore, ShapesScoreModel
 from leapalign.shapes.text import MiniLMEncoder
+
+if TYPE_CHECKING:
+    from leapalign.shapes.preferences import Preferences
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +151,9 @@ class ScoreTrainer:
         adv_eps: float = 0.0,
         adv_steps: int = 3,
         init: Path | None = None,
+        preferences: Preferences | None = None,
+        pref_pairs: int = 64,
+        pref_weight: float = 1.0,
     ) -> None:
         if adv_eps < 0 or adv_steps < 1:
             raise ValueError(f"adv_eps ({adv_eps}) must be >= 0 and adv_steps ({adv_steps}) >= 1.")
@@ -159,6 +166,25 @@ class ScoreTrainer:
         self.reward = ShapesScore(encoder=self.encoder)  # used for its token cache
         self.records = {c: [m for m in load_metadata("train") if m["tag"] == c] for c in CATEGORIES}
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=0.01)
+        self.preferences, self.pref_pairs, self.pref_weight = preferences, int(pref_pairs), float(pref_weight)
+        if preferences is not None:
+            self._pairs = preferences.pairs()
+            if len(self._pairs[0]) == 0:
+                raise ValueError("the preference files hold no prompt with both an accepted and a rejected image.")
+            self._train_prompts = [m["prompt"] for m in load_metadata("train")]
+
+    def _preference_loss(self, step: int) -> Tensor:
+        """HPS-style pairwise loss on generated images: for the same prompt, the image the annotator accepts
+        must outscore the one it rejects (a logistic loss at the model's temperature)."""
+        prefs, (right, wrong) = self.preferences, self._pairs
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        pick = torch.randint(len(right), (self.pref_pairs,), generator=g)
+        right, wrong = right[pick], wrong[pick]
+        texts = self.model.text(self.reward.tokens([self._train_prompts[i] for i in prefs.prompt_index[right]]))
+        s_right = (self.model.image(prefs.images[right]) * texts).sum(-1)
+        s_wrong = (self.model.image(prefs.images[wrong]) * texts).sum(-1)
+        scale = self.model.logit_scale.exp().clamp(max=100)
+        return F.softplus(scale * (s_wrong - s_right)).mean()
 
     def _batch(self, step: int):
         rng = np.random.default_rng([self.seed, step])
@@ -216,6 +242,8 @@ class ScoreTrainer:
                 lambda r, w: loss_of(r, w, texts.detach()), (images, wrong_images), self.adv_eps, self.adv_steps
             )
             loss = 0.5 * (loss + loss_of(adv_right, adv_wrong, texts))
+        if self.preferences is not None:
+            loss = loss + self.pref_weight * self._preference_loss(step)
         for g in self.opt.param_groups:
             g["lr"] = self.lr * 0.5 * (1 + np.cos(np.pi * step / total))
         self.opt.zero_grad(set_to_none=True)
@@ -320,9 +348,20 @@ def main() -> None:
         "--adv-eps", type=float, default=0.0, help="L2 radius of adversarial training (0: off; e.g. 0.5)"
     )
     parser.add_argument("--adv-steps", type=int, default=3, help="PGD steps per batch when --adv-eps > 0")
+    parser.add_argument(
+        "--preferences",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="preference files of generated images judged by the annotator (python -m leapalign.shapes.preferences)",
+    )
+    parser.add_argument("--pref-pairs", type=int, default=64, help="(accepted, rejected) pairs per step")
+    parser.add_argument("--pref-weight", type=float, default=1.0, help="weight of the pairwise preference loss")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     corruptions = tuple(c for c in args.corruptions.split(",") if c)
+    from leapalign.shapes.preferences import Preferences
+
     trainer = ScoreTrainer(
         seed=args.seed,
         batch=args.batch,
@@ -332,6 +371,9 @@ def main() -> None:
         adv_eps=args.adv_eps,
         adv_steps=args.adv_steps,
         init=args.init,
+        preferences=Preferences.load(args.preferences) if args.preferences else None,
+        pref_pairs=args.pref_pairs,
+        pref_weight=args.pref_weight,
     )
     start, losses = time.perf_counter(), []
     bar = tqdm(range(args.steps), desc="shapes_score")
@@ -347,7 +389,13 @@ def main() -> None:
         f"--batch {args.batch} --seed {args.seed} --wrong-per-scene {args.wrong_per_scene} "
         f"--corruptions {','.join(corruptions)} --lr {args.lr}"
         + (f" --init {args.init}" if args.init else "")
-        + (f" --adv-eps {args.adv_eps} --adv-steps {args.adv_steps}" if args.adv_eps > 0 else ""),
+        + (f" --adv-eps {args.adv_eps} --adv-steps {args.adv_steps}" if args.adv_eps > 0 else "")
+        + (
+            f" --preferences {' '.join(map(str, args.preferences))} --pref-pairs {args.pref_pairs} "
+            f"--pref-weight {args.pref_weight}"
+            if args.preferences
+            else ""
+        ),
         "init": str(args.init) if args.init else None,
         "adv_eps": args.adv_eps,
         "corruptions": list(corruptions),

@@ -1,0 +1,272 @@
+"""The ShapesWorld annotator: a learned scene segmenter that labels generated images for reward training.
+
+HPS and PickScore are trained on human judgements of *generated* images, while GenEval checks images with a
+detector of its own. ShapesWorld mirrors that split. ShapesEval (rule-based colour segmentation and moments)
+stays the evaluator and is never used for training. The annotator plays the human: a small U-Net trained only on
+rendered scenes and their ground-truth pixel labels, which gives every pixel a shape (or background) and a
+colour. Its objects (connected components of one colour, with their majority shape) are checked against a
+prompt by the same GenEval rules as a scene's ground truth (:func:`~leapalign.shapes.evaluator.check`), so it
+can say whether a generated image shows its prompt. It errs differently from ShapesEval (it is learned;
+ShapesEval decides shapes by geometric moments); how often the two agree on generated images is measured,
+never optimised (:func:`agreement`).
+
+Train it (about 10 minutes on one core)::
+
+    python -m leapalign.shapes.annotator --out runs/annotator
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from scipy import ndimage
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from leapalign.shapes.evaluator import Detection, check
+from leapalign.shapes.prompts import CATEGORIES, load_metadata
+from leapalign.shapes.scenes import COLORS, SHAPES, Scene, _mask, render, scene_for
+from leapalign.shapes.score_train import CORRUPTIONS, augment, corrupt, scene_detections
+
+logger = logging.getLogger(__name__)
+
+MIN_PIXELS = 8  # components smaller than this are no object
+_COLORS = tuple(COLORS)
+
+
+@dataclass
+class SegmenterArch:
+    """Sizes of the segmenter (a small U-Net)."""
+
+    width: int = 16
+
+
+def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.GroupNorm(8, cout), nn.SiLU())
+
+
+class SceneSegmenter(nn.Module):
+    """``(B, 3, H, W)`` images in ``[0, 1]`` -> per-pixel shape logits ``(B, 1 + S, H, W)`` (background first)
+    and colour logits ``(B, C, H, W)``.
+
+    A two-level U-Net: its receptive field (about 40 px) spans the largest object, so a pixel's shape is read
+    from the whole object around it, while the skip connections keep the outline sharp.
+    """
+
+    def __init__(self, arch: SegmenterArch | None = None) -> None:
+        super().__init__()
+        self.arch = arch or SegmenterArch()
+        w = self.arch.width
+        self.enc1 = nn.Sequential(_block(3, w), _block(w, w))
+        self.enc2 = nn.Sequential(_block(w, 2 * w, 2), _block(2 * w, 2 * w))
+        self.enc3 = nn.Sequential(_block(2 * w, 4 * w, 2), _block(4 * w, 4 * w), _block(4 * w, 4 * w))
+        self.dec2 = nn.Sequential(_block(6 * w, 2 * w), _block(2 * w, 2 * w))
+        self.dec1 = nn.Sequential(_block(3 * w, w), _block(w, w))
+        self.head = nn.Conv2d(w, 1 + len(SHAPES) + len(_COLORS), 1)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        e1 = self.enc1(images * 2 - 1)
+        e2 = self.enc2(e1)
+        e3 = self.enc3(e2)
+        d2 = self.dec2(torch.cat([F.interpolate(e3, scale_factor=2.0), e2], 1))
+        d1 = self.dec1(torch.cat([F.interpolate(d2, scale_factor=2.0), e1], 1))
+        out = self.head(d1)
+        return out[:, : 1 + len(SHAPES)], out[:, 1 + len(SHAPES) :]
+
+    def save(self, directory: Path, card: dict | None = None) -> None:
+        """Writes ``model.safetensors`` and ``config.json`` (architecture plus optional card metadata)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(directory / "model.safetensors"))
+        (directory / "config.json").write_text(json.dumps({"arch": asdict(self.arch), **(card or {})}, indent=1))
+
+    @classmethod
+    def load(cls, directory: Path) -> SceneSegmenter:
+        cfg_path = directory / "config.json"
+        if not cfg_path.is_file():
+            raise FileNotFoundError(
+                f"{directory} holds no annotator (config.json missing); train one with "
+                "`python -m leapalign.shapes.annotator --out DIR`."
+            )
+        model = cls(SegmenterArch(**json.loads(cfg_path.read_text())["arch"]))
+        model.load_state_dict(load_file(str(directory / "model.safetensors")))
+        return model.eval()
+
+
+def pixel_targets(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel ground truth of a scene: shape class ``(H, W)`` (0 background, ``1 + SHAPES.index``) and colour
+    index ``(H, W)`` (-1 on background). A pixel belongs to the last object drawn over its centre; off-palette
+    colours and invalid shapes are background (no object, as for ShapesEval and the prompt rules)."""
+    n = scene.canvas
+    xs, ys = np.meshgrid(np.arange(n) + 0.5, np.arange(n) + 0.5)
+    shape = np.zeros((n, n), np.int64)
+    color = np.full((n, n), -1, np.int64)
+    for o in scene.objects:
+        m = _mask(o, xs, ys)
+        valid = o.color in COLORS and o.shape in SHAPES
+        shape[m] = 1 + SHAPES.index(o.shape) if valid else 0
+        color[m] = _COLORS.index(o.color) if valid else -1
+    return shape, color
+
+
+@torch.no_grad()
+def parse(segmenter: SceneSegmenter, images: Tensor, batch_size: int = 256) -> list[list[Detection]]:
+    """The annotator's reading of ``(N, 3, H, W)`` images as detections, for
+    :func:`~leapalign.shapes.evaluator.check`: foreground pixels grouped by their predicted colour into
+    8-connected components of at least :data:`MIN_PIXELS`, each with its pixels' majority shape, its pixel
+    count as area and its pixel centroid."""
+    out: list[list[Detection]] = []
+    for i in range(0, len(images), batch_size):
+        shape_logits, color_logits = segmenter(images[i : i + batch_size].float())
+        shapes, colors = shape_logits.argmax(1).numpy(), color_logits.argmax(1).numpy()
+        for sh, co in zip(shapes, colors, strict=True):
+            dets = []
+            for ci, name in enumerate(_COLORS):
+                labels, num = ndimage.label((sh > 0) & (co == ci), structure=np.ones((3, 3)))
+                for k in range(1, num + 1):
+                    ys, xs = np.nonzero(labels == k)
+                    if len(xs) < MIN_PIXELS:
+                        continue
+                    votes = np.bincount(sh[ys, xs], minlength=1 + len(SHAPES))[1:]
+                    box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+                    cx, cy = float(xs.mean() + 0.5), float(ys.mean() + 0.5)
+                    dets.append(Detection(SHAPES[int(votes.argmax())], name, cx, cy, len(xs), box))
+            out.append(sorted(dets, key=lambda d: -d.area))
+    return out
+
+
+def annotate(segmenter: SceneSegmenter, images: Tensor, metadata: Sequence[dict]) -> np.ndarray:
+    """Whether the annotator judges each image to show its prompt: ``(N,)`` booleans."""
+    return np.array([check(m, d) for m, d in zip(metadata, parse(segmenter, images), strict=True)])
+
+
+def agreement(segmenter: SceneSegmenter, images: Tensor, metadata: Sequence[dict]) -> dict[str, dict[str, float]]:
+    """How often the annotator and ShapesEval give an image the same verdict, per category and overall
+    (a measurement of the annotator, never a training signal)."""
+    from leapalign.shapes.evaluator import detect_batch
+
+    ours = annotate(segmenter, images, metadata)
+    truth = np.array([check(m, d) for m, d in zip(metadata, detect_batch(images), strict=True)])
+    tags = np.array([m["tag"] for m in metadata])
+    out = {}
+    for tag in [*sorted(set(tags)), "overall"]:
+        sel = np.ones(len(tags), bool) if tag == "overall" else tags == tag
+        out[tag] = {
+            "agreement": float((ours[sel] == truth[sel]).mean()),
+            "annotator_accepts": float(ours[sel].mean()),
+            "shapes_eval_accepts": float(truth[sel].mean()),
+            "n": int(sel.sum()),
+        }
+    return out
+
+
+class AnnotatorTrainer:
+    """Supervised training of :class:`SceneSegmenter` on rendered training-prompt scenes, half of them corrupted
+    (wrong shape or colour, off-palette, blob, missing, extra or swapped objects), with the reward's nuisances
+    (blur, noise, tint, patch grid, brightness) so that it reads imperfect images."""
+
+    def __init__(self, seed: int = 0, batch: int = 64, lr: float = 2e-3) -> None:
+        self.seed, self.batch, self.lr = seed, batch, lr
+        torch.manual_seed(seed)
+        self.model = SceneSegmenter()
+        self.records = {c: [m for m in load_metadata("train") if m["tag"] == c] for c in CATEGORIES}
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=0.01)
+
+    def batch_at(self, step: int, rng: np.random.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Images ``(B, 3, 32, 32)``, shape targets and colour targets ``(B, 32, 32)``."""
+        rng = rng or np.random.default_rng([self.seed, step])
+        images, shapes, colors = [], [], []
+        for _ in range(self.batch):
+            cat = CATEGORIES[rng.integers(len(CATEGORIES))]
+            scene = scene_for(self.records[cat][rng.integers(len(self.records[cat]))], rng)
+            if rng.random() < 0.5:
+                scene, _ = corrupt(scene, rng, CORRUPTIONS)
+            sh, co = pixel_targets(scene)
+            images.append(augment(render(scene), rng))
+            shapes.append(sh)
+            colors.append(co)
+        return tuple(torch.from_numpy(np.stack(x)) for x in (images, shapes, colors))
+
+    def loss(self, images: Tensor, shapes: Tensor, colors: Tensor) -> Tensor:
+        shape_logits, color_logits = self.model(images)
+        return F.cross_entropy(shape_logits, shapes) + F.cross_entropy(color_logits, colors, ignore_index=-1)
+
+    def step(self, step: int, total: int) -> float:
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr * 0.5 * (1 + np.cos(np.pi * step / total))
+        loss = self.loss(*self.batch_at(step))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss.item()
+
+
+@torch.no_grad()
+def heldout_accuracy(segmenter: SceneSegmenter, seeds: int = 4, seed: int = 4321) -> dict[str, float]:
+    """On renders of the held-out prompts, half corrupted: how often the annotator reads the scene's valid objects
+    exactly (shape and colour multiset) and how often its verdict on the prompt is the ground truth's."""
+    rng, prng = np.random.default_rng(seed), random.Random(seed)
+    metas = load_metadata("eval")
+    images, targets, verdicts, chosen = [], [], [], []  # targets: the scene's sorted (shape, colour) list
+    for _ in range(seeds):
+        for meta in metas:
+            scene = scene_for(meta, rng)
+            if prng.random() < 0.5:
+                scene, _ = corrupt(scene, rng, CORRUPTIONS)
+            images.append(render(scene))
+            targets.append(sorted((d.shape, d.color) for d in scene_detections(scene)))
+            verdicts.append(check(meta, scene_detections(scene)))
+            chosen.append(meta)
+    x = torch.from_numpy(np.stack(images))
+    readings = parse(segmenter, x)
+    exact = np.array([sorted((d.shape, d.color) for d in r) == t for r, t in zip(readings, targets, strict=True)])
+    ours = np.array([check(m, r) for m, r in zip(chosen, readings, strict=True)])
+    return {
+        "exact_reading": float(exact.mean()),
+        "verdict_accuracy": float((ours == np.array(verdicts)).mean()),
+        "n": len(chosen),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Train the ShapesWorld annotator (a learned scene segmenter)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    trainer = AnnotatorTrainer(seed=args.seed, batch=args.batch, lr=args.lr)
+    start, losses = time.perf_counter(), []
+    bar = tqdm(range(args.steps), desc="annotator")
+    for step in bar:
+        losses.append(trainer.step(step, args.steps))
+        if step % 50 == 49:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+    elapsed = time.perf_counter() - start
+    trainer.model.eval()
+    metrics = heldout_accuracy(trainer.model)
+    card = {
+        "command": f"python -m leapalign.shapes.annotator --out {args.out} --steps {args.steps} "
+        f"--batch {args.batch} --lr {args.lr} --seed {args.seed}",
+        "train_seconds": round(elapsed, 1),
+        "final_loss": float(np.mean(losses[-50:])),
+        "heldout_renders": metrics,
+    }
+    trainer.model.save(args.out, card)
+    logger.info("saved the annotator to %s: %s", args.out, json.dumps(metrics))
+
+
+if __name__ == "__main__":
+    main()
