@@ -41,6 +41,7 @@ from leapalign.shapes.score_train import CORRUPTIONS, augment, corrupt, scene_de
 
 logger = logging.getLogger(__name__)
 
+ANNOTATOR_CORRUPTIONS = CORRUPTIONS[:7]  # those it was trained with (no hybrid shapes; see docs/shapesworld.md)
 MIN_PIXELS = 8  # components smaller than this are no object
 _COLORS = tuple(COLORS)
 
@@ -190,7 +191,7 @@ class AnnotatorTrainer:
             cat = CATEGORIES[rng.integers(len(CATEGORIES))]
             scene = scene_for(self.records[cat][rng.integers(len(self.records[cat]))], rng)
             if rng.random() < 0.5:
-                scene, _ = corrupt(scene, rng, CORRUPTIONS)
+                scene, _ = corrupt(scene, rng, ANNOTATOR_CORRUPTIONS)
             sh, co = pixel_targets(scene)
             images.append(augment(render(scene), rng))
             shapes.append(sh)
@@ -222,7 +223,7 @@ def heldout_accuracy(segmenter: SceneSegmenter, seeds: int = 4, seed: int = 4321
         for meta in metas:
             scene = scene_for(meta, rng)
             if prng.random() < 0.5:
-                scene, _ = corrupt(scene, rng, CORRUPTIONS)
+                scene, _ = corrupt(scene, rng, ANNOTATOR_CORRUPTIONS)
             images.append(render(scene))
             targets.append(sorted((d.shape, d.color) for d in scene_detections(scene)))
             verdicts.append(check(meta, scene_detections(scene)))

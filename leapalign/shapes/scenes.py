@@ -24,7 +24,10 @@ COLORS: dict[str, tuple[float, float, float]] = {  # six saturated, well-separat
 # Off-palette colours and an invalid shape, used only to draw *wrong* images (hard negatives for ShapesScore):
 # ShapesEval counts none of them as an object.
 NUISANCE_COLORS: dict[str, tuple[float, float, float]] = {"white": (0.95, 0.95, 0.95), "grey": (0.5, 0.5, 0.5)}
-NUISANCE_SHAPES: tuple[str, ...] = ("ellipse",)
+NUISANCE_SHAPES: tuple[str, ...] = ("ellipse", "trapezoid", "teardrop")
+# Hybrids of two valid shapes (a square tapering to a triangle, a disc drawn out to a point): what a generator
+# fine-tuned on a learned reward draws for "a square and a triangle" to please both words at once.
+HYBRID_SHAPES: tuple[str, ...] = ("trapezoid", "teardrop")
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 CANVAS = 32
 SUPERSAMPLE = 4
@@ -66,6 +69,13 @@ def _mask(obj: Obj, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
         return (dy <= r) & (dy >= -r) & (np.abs(dx) <= (dy + r) / 2)
     if obj.shape == "ellipse":  # a flat blob (aspect 2), wider than tall
         return (dx / r) ** 2 + (dy / (r / 2)) ** 2 <= 1
+    if obj.shape == "trapezoid":  # top edge half the bottom's: between a square and a triangle
+        return (dy <= r) & (dy >= -r) & (np.abs(dx) <= r * (0.5 + 0.5 * (dy + r) / (2 * r)))
+    if obj.shape == "teardrop":  # a disc in the lower part drawn up to a point: between a circle and a triangle
+        rc = 0.6 * r
+        disc = dx**2 + (dy - (r - rc)) ** 2 <= rc**2
+        cone = (dy >= -r) & (dy <= r - rc) & (np.abs(dx) <= rc * (dy + r) / (2 * r - rc))
+        return disc | cone
     raise ValueError(f"unknown shape {obj.shape!r}; known shapes: {', '.join(SHAPES)}.")
 
 

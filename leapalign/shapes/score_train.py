@@ -37,6 +37,7 @@ from leapalign.shapes.negatives import KINDS, mismatch
 from leapalign.shapes.prompts import CATEGORIES, load_metadata
 from leapalign.shapes.scenes import (
     COLORS,
+    HYBRID_SHAPES,
     NUISANCE_COLORS,
     NUISANCE_SHAPES,
     SHAPES,
@@ -84,8 +85,9 @@ def augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(image, 0.0, 1.0).astype(np.float32)
 
 
-CORRUPTIONS: tuple[str, ...] = ("off_palette", "blob", "delete", "duplicate", "shape", "color", "swap")
-# The corruptions of the shipped ShapesScore (v3); the binding ones (shape, colour, swap) are opt-in.
+CORRUPTIONS: tuple[str, ...] = ("off_palette", "blob", "delete", "duplicate", "shape", "color", "swap", "hybrid")
+# The corruptions of the shipped ShapesScore (v3); the binding ones (shape, colour, swap) and hybrid shapes
+# (a trapezoid or a teardrop in place of an object) are opt-in.
 DEFAULT_CORRUPTIONS: tuple[str, ...] = CORRUPTIONS[:4]
 
 
@@ -95,8 +97,9 @@ def corrupt(scene: Scene, rng: np.random.Generator, kinds: tuple[str, ...] = DEF
     The mistakes a generator makes: an object drawn off-palette (white / grey), as a flat ellipse, deleted or
     duplicated; and the binding mistakes a fine-tuned generator drifts into when the reward lets it: one object
     given another object's shape (or another valid shape), another object's colour (or another palette
-    colour), or two objects' places exchanged. Whether the true prompt is still satisfied by the result is
-    decided by the GenEval rules on its ground-truth objects (the caller checks).
+    colour), or two objects' places exchanged; or an object drawn as a hybrid of two shapes (a trapezoid or a
+    teardrop), the hack of a generator asked for two shapes at once. Whether the true prompt is still satisfied
+    by the result is decided by the GenEval rules on its ground-truth objects (the caller checks).
 
     Returns:
         The corrupted scene and the name of the corruption applied.
@@ -113,6 +116,8 @@ def corrupt(scene: Scene, rng: np.random.Generator, kinds: tuple[str, ...] = DEF
         objs[i] = Obj(o.shape, str(rng.choice(list(NUISANCE_COLORS))), o.cx, o.cy, o.size)
     elif kind == "blob":
         objs[i] = Obj(NUISANCE_SHAPES[0], o.color, o.cx, o.cy, o.size)
+    elif kind == "hybrid":
+        objs[i] = Obj(str(rng.choice(HYBRID_SHAPES)), o.color, o.cx, o.cy, o.size)
     elif kind == "delete" and others:
         objs.pop(i)
     elif kind == "shape":

@@ -47,3 +47,28 @@ def test_bad_adversarial_settings_are_refused(tmp_path: Path) -> None:
         ScoreTrainer(batch=2, adv_eps=-1.0)
     with pytest.raises(FileNotFoundError, match="config.json"):
         ScoreTrainer(batch=2, init=tmp_path)
+
+
+def test_hybrid_corruption_draws_a_shape_between_two_valid_ones() -> None:
+    import numpy as np
+
+    from leapalign.shapes.evaluator import check
+    from leapalign.shapes.scenes import HYBRID_SHAPES, Obj, Scene, render
+    from leapalign.shapes.score_train import corrupt, scene_detections
+
+    scene = Scene((Obj("square", "red", 10, 16, 12), Obj("triangle", "blue", 24, 16, 12)))
+    meta = {
+        "prompt": "a square and a triangle",
+        "include": [{"class": "square", "count": 1}, {"class": "triangle", "count": 1}],
+    }
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        bad, kind = corrupt(scene, rng, ("hybrid",))
+        assert kind == "hybrid"
+        changed = [o for o in bad.objects if o.shape in HYBRID_SHAPES]
+        assert len(changed) == 1 and not check(meta, scene_detections(bad))  # the prompt no longer holds
+    drawn = {
+        s: render(Scene((Obj(s, "red", 16, 16, 16),)))[0] for s in ("square", "triangle", "circle", *HYBRID_SHAPES)
+    }
+    for hybrid in HYBRID_SHAPES:  # a different outline from every valid shape of the same size (>= 20 px apart)
+        assert all(np.abs(drawn[hybrid] - drawn[s]).sum() > 20 for s in ("square", "triangle", "circle"))
