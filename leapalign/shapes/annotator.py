@@ -176,7 +176,7 @@ class AnnotatorTrainer:
     (wrong shape or colour, off-palette, blob, missing, extra or swapped objects), with the reward's nuisances
     (blur, noise, tint, patch grid, brightness) so that it reads imperfect images."""
 
-    def __init__(self, seed: int = 0, batch: int = 64, lr: float = 2e-3) -> None:
+    def __init__(self, seed: int = 0, batch: int = 64, lr: float = 3e-3) -> None:
         self.seed, self.batch, self.lr = seed, batch, lr
         torch.manual_seed(seed)
         self.model = SceneSegmenter()
@@ -244,7 +244,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
