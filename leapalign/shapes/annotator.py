@@ -23,13 +23,12 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from scipy import ndimage
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -38,6 +37,7 @@ from leapalign.shapes.evaluator import Detection, check
 from leapalign.shapes.prompts import CATEGORIES, load_metadata
 from leapalign.shapes.scenes import COLORS, SHAPES, Scene, _mask, render, scene_for
 from leapalign.shapes.score_train import CORRUPTIONS, augment, corrupt, scene_detections
+from leapalign.shapes.weights import WeightsDirectory
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +57,17 @@ def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.GroupNorm(8, cout), nn.SiLU())
 
 
-class SceneSegmenter(nn.Module):
+class SceneSegmenter(WeightsDirectory, nn.Module):
     """``(B, 3, H, W)`` images in ``[0, 1]`` -> per-pixel shape logits ``(B, 1 + S, H, W)`` (background first)
     and colour logits ``(B, C, H, W)``.
 
     A two-level U-Net: its receptive field (about 40 px) spans the largest object, so a pixel's shape is read
     from the whole object around it, while the skip connections keep the outline sharp.
     """
+
+    arch_cls = SegmenterArch
+    what = "annotator"
+    how = "; train one with `python -m leapalign.shapes.annotator --out DIR`"
 
     def __init__(self, arch: SegmenterArch | None = None) -> None:
         super().__init__()
@@ -84,24 +88,6 @@ class SceneSegmenter(nn.Module):
         d1 = self.dec1(torch.cat([F.interpolate(d2, scale_factor=2.0), e1], 1))
         out = self.head(d1)
         return out[:, : 1 + len(SHAPES)], out[:, 1 + len(SHAPES) :]
-
-    def save(self, directory: Path, card: dict | None = None) -> None:
-        """Writes ``model.safetensors`` and ``config.json`` (architecture plus optional card metadata)."""
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(directory / "model.safetensors"))
-        (directory / "config.json").write_text(json.dumps({"arch": asdict(self.arch), **(card or {})}, indent=1))
-
-    @classmethod
-    def load(cls, directory: Path) -> SceneSegmenter:
-        cfg_path = directory / "config.json"
-        if not cfg_path.is_file():
-            raise FileNotFoundError(
-                f"{directory} holds no annotator (config.json missing); train one with "
-                "`python -m leapalign.shapes.annotator --out DIR`."
-            )
-        model = cls(SegmenterArch(**json.loads(cfg_path.read_text())["arch"]))
-        model.load_state_dict(load_file(str(directory / "model.safetensors")))
-        return model.eval()
 
 
 def pixel_targets(scene: Scene) -> tuple[np.ndarray, np.ndarray]:

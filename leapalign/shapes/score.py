@@ -9,17 +9,16 @@ on rendered scenes with hard negative prompts (:mod:`leapalign.shapes.score_trai
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from leapalign.shapes.text import EMBED_DIM, MiniLMEncoder
+from leapalign.shapes.weights import WeightsDirectory
 
 
 @dataclass
@@ -93,8 +92,11 @@ class TextTower(nn.Module):
         return F.normalize(self.out((h * m).sum(1) / m.sum(1).clamp(min=1)), dim=-1)
 
 
-class ShapesScoreModel(nn.Module):
+class ShapesScoreModel(WeightsDirectory, nn.Module):
     """The dual encoder; ``forward(images, tokens)`` returns cosine similarities ``(B,)``."""
+
+    arch_cls = ScoreArch
+    what = "ShapesScore model"
 
     def __init__(self, arch: ScoreArch | None = None) -> None:
         super().__init__()
@@ -105,21 +107,6 @@ class ShapesScoreModel(nn.Module):
 
     def forward(self, images: Tensor, tokens: Tensor) -> Tensor:
         return (self.image(images) * self.text(tokens)).sum(-1)
-
-    def save(self, directory: Path, card: dict | None = None) -> None:
-        """Writes ``model.safetensors`` and ``config.json`` (architecture plus optional card metadata)."""
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(directory / "model.safetensors"))
-        (directory / "config.json").write_text(json.dumps({"arch": asdict(self.arch), **(card or {})}, indent=1))
-
-    @classmethod
-    def load(cls, directory: Path) -> ShapesScoreModel:
-        cfg_path = directory / "config.json"
-        if not cfg_path.is_file():
-            raise FileNotFoundError(f"{directory} holds no ShapesScore model (config.json missing).")
-        model = cls(ScoreArch(**json.loads(cfg_path.read_text())["arch"]))
-        model.load_state_dict(load_file(str(directory / "model.safetensors")))
-        return model.eval()
 
 
 def default_weights() -> Path:
