@@ -162,8 +162,10 @@ class AnnotatorTrainer:
     (wrong shape or colour, off-palette, blob, missing, extra or swapped objects), with the reward's nuisances
     (blur, noise, tint, patch grid, brightness) so that it reads imperfect images."""
 
-    def __init__(self, seed: int = 0, batch: int = 64, lr: float = 3e-3) -> None:
-        self.seed, self.batch, self.lr = seed, batch, lr
+    def __init__(
+        self, seed: int = 0, batch: int = 64, lr: float = 3e-3, corruptions: tuple[str, ...] = ANNOTATOR_CORRUPTIONS
+    ) -> None:
+        self.seed, self.batch, self.lr, self.corruptions = seed, batch, lr, tuple(corruptions)
         torch.manual_seed(seed)
         self.model = SceneSegmenter()
         self.records = {c: [m for m in load_metadata("train") if m["tag"] == c] for c in CATEGORIES}
@@ -177,7 +179,7 @@ class AnnotatorTrainer:
             cat = CATEGORIES[rng.integers(len(CATEGORIES))]
             scene = scene_for(self.records[cat][rng.integers(len(self.records[cat]))], rng)
             if rng.random() < 0.5:
-                scene, _ = corrupt(scene, rng, ANNOTATOR_CORRUPTIONS)
+                scene, _ = corrupt(scene, rng, self.corruptions)
             sh, co = pixel_targets(scene)
             images.append(augment(render(scene), rng))
             shapes.append(sh)
@@ -232,9 +234,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--corruptions",
+        default=",".join(ANNOTATOR_CORRUPTIONS),
+        help=f"comma-separated corruptions of the training scenes, from {','.join(CORRUPTIONS)}",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    trainer = AnnotatorTrainer(seed=args.seed, batch=args.batch, lr=args.lr)
+    corruptions = tuple(c for c in args.corruptions.split(",") if c)
+    trainer = AnnotatorTrainer(seed=args.seed, batch=args.batch, lr=args.lr, corruptions=corruptions)
     start, losses = time.perf_counter(), []
     bar = tqdm(range(args.steps), desc="annotator")
     for step in bar:
@@ -246,7 +254,7 @@ def main() -> None:
     metrics = heldout_accuracy(trainer.model)
     card = {
         "command": f"python -m leapalign.shapes.annotator --out {args.out} --steps {args.steps} "
-        f"--batch {args.batch} --lr {args.lr} --seed {args.seed}",
+        f"--batch {args.batch} --lr {args.lr} --seed {args.seed} --corruptions {','.join(corruptions)}",
         "train_seconds": round(elapsed, 1),
         "final_loss": float(np.mean(losses[-50:])),
         "heldout_renders": metrics,

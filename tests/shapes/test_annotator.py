@@ -123,3 +123,13 @@ def test_score_training_with_preferences_adds_a_pairwise_loss(tmp_path: Path) ->
     _write_prefs(tmp_path / "q.safetensors", [0, 1], [True, False])
     with pytest.raises(ValueError, match="both an accepted and a rejected"):
         ScoreTrainer(batch=4, preferences=Preferences.load([tmp_path / "q.safetensors"]))
+
+
+def test_annotator_can_learn_hybrid_shapes_as_background() -> None:
+    def drawn_background(corruptions: tuple[str, ...]) -> int:
+        images, shapes, _ = AnnotatorTrainer(batch=8, corruptions=corruptions).batch_at(0, np.random.default_rng(3))
+        return int(((images.amax(1) > 0.5) & (shapes == 0)).sum())
+
+    # a hybrid is drawn (the image has colour there) but labelled background, like any non-object; deleting or
+    # duplicating valid objects leaves only a few anti-aliased edge pixels so
+    assert drawn_background(("hybrid",)) > max(20, 3 * drawn_background(("delete",)))
