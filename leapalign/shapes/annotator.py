@@ -21,7 +21,6 @@ import argparse
 import json
 import logging
 import random
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +30,11 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from leapalign.shapes.evaluator import Detection, check
 from leapalign.shapes.prompts import CATEGORIES, load_metadata
 from leapalign.shapes.scenes import COLORS, SHAPES, Scene, _mask, render, scene_for
-from leapalign.shapes.score_train import CORRUPTIONS, augment, corrupt, scene_detections
+from leapalign.shapes.score_train import CORRUPTIONS, augment, corrupt, fit, scene_detections
 from leapalign.shapes.weights import WeightsDirectory
 
 logger = logging.getLogger(__name__)
@@ -212,9 +210,10 @@ def heldout_accuracy(segmenter: SceneSegmenter, seeds: int = 4, seed: int = 4321
             scene = scene_for(meta, rng)
             if prng.random() < 0.5:
                 scene, _ = corrupt(scene, rng, ANNOTATOR_CORRUPTIONS)
+            dets = scene_detections(scene)
             images.append(render(scene))
-            targets.append(sorted((d.shape, d.color) for d in scene_detections(scene)))
-            verdicts.append(check(meta, scene_detections(scene)))
+            targets.append(sorted((d.shape, d.color) for d in dets))
+            verdicts.append(check(meta, dets))
             chosen.append(meta)
     x = torch.from_numpy(np.stack(images))
     readings = parse(segmenter, x)
@@ -243,20 +242,14 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     corruptions = tuple(c for c in args.corruptions.split(",") if c)
     trainer = AnnotatorTrainer(seed=args.seed, batch=args.batch, lr=args.lr, corruptions=corruptions)
-    start, losses = time.perf_counter(), []
-    bar = tqdm(range(args.steps), desc="annotator")
-    for step in bar:
-        losses.append(trainer.step(step, args.steps))
-        if step % 50 == 49:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
-    elapsed = time.perf_counter() - start
+    elapsed, final_loss = fit(trainer.step, args.steps, "annotator")
     trainer.model.eval()
     metrics = heldout_accuracy(trainer.model)
     card = {
         "command": f"python -m leapalign.shapes.annotator --out {args.out} --steps {args.steps} "
         f"--batch {args.batch} --lr {args.lr} --seed {args.seed} --corruptions {','.join(corruptions)}",
         "train_seconds": round(elapsed, 1),
-        "final_loss": float(np.mean(losses[-50:])),
+        "final_loss": final_loss,
         "heldout_renders": metrics,
     }
     trainer.model.save(args.out, card)

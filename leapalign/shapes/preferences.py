@@ -31,7 +31,6 @@ import torch
 from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor
 
-from leapalign.shapes.annotator import SceneSegmenter, annotate
 from leapalign.shapes.prompts import load_metadata
 
 logger = logging.getLogger(__name__)
@@ -106,6 +105,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.out.suffix != ".safetensors":
         raise SystemExit(f"--out {args.out}: give a .safetensors file name.")
+    from leapalign.shapes.annotator import SceneSegmenter, annotate  # imports score_train, which imports this module
+
     metadata = load_metadata("train")
     start = time.perf_counter()
     images = sample_source(args.source, metadata, args.images_per_prompt, args.seed, args.num_steps)

@@ -23,7 +23,6 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -34,6 +33,7 @@ from tqdm.auto import tqdm
 
 from leapalign.shapes.evaluator import Detection, check
 from leapalign.shapes.negatives import KINDS, mismatch
+from leapalign.shapes.preferences import Preferences
 from leapalign.shapes.prompts import CATEGORIES, load_metadata
 from leapalign.shapes.scenes import (
     COLORS,
@@ -49,9 +49,6 @@ from leapalign.shapes.scenes import (
 )
 from leapalign.shapes.score import ScoreArch, ShapesScore, ShapesScoreModel
 from leapalign.shapes.text import MiniLMEncoder
-
-if TYPE_CHECKING:
-    from leapalign.shapes.preferences import Preferences
 
 logger = logging.getLogger(__name__)
 
@@ -292,6 +289,21 @@ def pgd_l2(loss_fn: Callable[..., Tensor], inputs: tuple[Tensor, ...], eps: floa
     return tuple((x + d).detach() for x, d in zip(inputs, deltas, strict=True))
 
 
+def fit(step: Callable[[int, int], float], steps: int, desc: str) -> tuple[float, float]:
+    """Runs ``step(i, steps)`` for ``i < steps`` with a progress bar showing the running loss.
+
+    Returns:
+        The seconds it took and the mean loss of the last 50 steps.
+    """
+    start, losses = time.perf_counter(), []
+    bar = tqdm(range(steps), desc=desc)
+    for i in bar:
+        losses.append(step(i, steps))
+        if i % 50 == 49:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+    return time.perf_counter() - start, float(np.mean(losses[-50:]))
+
+
 @torch.no_grad()
 def measure(
     model: ShapesScoreModel,
@@ -365,8 +377,6 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     corruptions = tuple(c for c in args.corruptions.split(",") if c)
-    from leapalign.shapes.preferences import Preferences
-
     trainer = ScoreTrainer(
         seed=args.seed,
         batch=args.batch,
@@ -380,13 +390,7 @@ def main() -> None:
         pref_pairs=args.pref_pairs,
         pref_weight=args.pref_weight,
     )
-    start, losses = time.perf_counter(), []
-    bar = tqdm(range(args.steps), desc="shapes_score")
-    for step in bar:
-        losses.append(trainer.step(step, args.steps))
-        if step % 50 == 49:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
-    elapsed = time.perf_counter() - start
+    elapsed, final_loss = fit(trainer.step, args.steps, "shapes_score")
     trainer.model.eval()
     metrics = measure(trainer.model, trainer.reward, corruptions=corruptions)
     card = {
@@ -408,7 +412,7 @@ def main() -> None:
         "steps": args.steps,
         "batch": args.batch,
         "train_seconds": round(elapsed, 1),
-        "final_loss": float(np.mean(losses[-50:])),
+        "final_loss": final_loss,
         "heldout": metrics,
     }
     trainer.model.save(args.out, card)
