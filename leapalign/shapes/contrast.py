@@ -11,16 +11,43 @@ The near misses are text edits of the prompt's own metadata, never a look at an 
 - one attribute changed (:func:`leapalign.shapes.negatives.mismatch`: a colour, a count, a relation, a shape);
 - for prompts that name two objects, the *collapse* edits: both objects given the first one's shape or the
   second one's shape, or (with colours) the same colour, the mistakes of a generator that merges the two.
+
+``kinds`` restricts the edits to some of :data:`NEAR_MISS_KINDS`. With colour and count edits only, every
+candidate names the same shapes as the prompt, so the softmax over candidates cancels most of the shape
+evidence: the reward then asks for the right colours and numbers and gives little gradient towards morphing
+one shape into another, the move that produces hybrid shapes (``docs/shapesworld.md``).
 """
 
 from __future__ import annotations
 
 import random
 import re
+from collections.abc import Sequence
 from functools import cache
 
 from leapalign.shapes.negatives import KINDS, _fix_articles, mismatch
 from leapalign.shapes.prompts import load_metadata
+
+NEAR_MISS_KINDS: tuple[str, ...] = (*KINDS, "collapse")
+"""Edits a near miss can make: one attribute (:data:`leapalign.shapes.negatives.KINDS`) or a collapse."""
+
+
+def parse_kinds(kinds: str | Sequence[str] | None) -> tuple[str, ...]:
+    """Normalises ``kinds`` (None: all; a comma-separated string or a sequence) and checks every name.
+
+    Raises:
+        ValueError: an unknown kind, or none at all.
+    """
+    if kinds is None:
+        return NEAR_MISS_KINDS
+    names = tuple(k.strip() for k in kinds.split(",")) if isinstance(kinds, str) else tuple(kinds)
+    unknown = [k for k in names if k not in NEAR_MISS_KINDS]
+    if unknown or not names:
+        raise ValueError(
+            f"near-miss kinds {list(names)!r}: unknown {unknown!r}; choose from {', '.join(NEAR_MISS_KINDS)} "
+            "(e.g. near_miss_kinds=color,count)."
+        )
+    return tuple(k for k in NEAR_MISS_KINDS if k in names)
 
 
 @cache
@@ -62,18 +89,20 @@ def _collapses(meta: dict) -> list[str]:
 
 
 @cache
-def near_misses(prompt: str, num: int, seed: int = 0) -> tuple[str, ...]:
+def near_misses(prompt: str, num: int, seed: int = 0, kinds: tuple[str, ...] = NEAR_MISS_KINDS) -> tuple[str, ...]:
     """Up to ``num`` distinct near misses of a shipped ShapesWorld ``prompt``, deterministic in ``seed``.
 
-    The collapse edits come first (when the prompt names two objects), then single-attribute mismatches of every
-    applicable kind in turn.
+    The collapse edits come first (when the prompt names two objects and ``"collapse"`` is in ``kinds``), then
+    single-attribute mismatches of every applicable kind of ``kinds`` in turn. A prompt no edit applies to
+    (e.g. "a circle" with ``kinds=("color",)``) has none.
     """
     meta = metadata_of(prompt)
     rng = random.Random(f"{seed}:{prompt}")
     out: list[str] = []
-    candidates = _collapses(meta)
+    candidates = _collapses(meta) if "collapse" in kinds else []
+    edits = [k for k in KINDS if k in kinds]
     for _round in range(8):
-        candidates += [m["prompt"] for m in (mismatch(meta, kind, rng) for kind in KINDS) if m is not None]
+        candidates += [m["prompt"] for m in (mismatch(meta, kind, rng) for kind in edits) if m is not None]
     for c in candidates:
         if c != prompt and c not in out:
             out.append(c)

@@ -13,6 +13,11 @@ Collect (one source per ``--source``: ``base``, or a training run / checkpoint f
     python -m leapalign.shapes.preferences --annotator runs/annotator --out runs/prefs/base.safetensors \\
         --source base --images-per-prompt 4
 
+Re-judge the images of an existing file with another annotator (nothing is resampled)::
+
+    python -m leapalign.shapes.preferences --annotator runs/annotator_hybrid --relabel runs/prefs/base.safetensors \\
+        --out runs/prefs/base_hybrid.safetensors
+
 The file holds ``images`` (uint8, ``(N, 3, 32, 32)``), ``prompt_index`` and ``accepted`` (``(N,)``), with the
 sources and settings in its metadata.
 """
@@ -56,9 +61,7 @@ class Preferences:
     def load(cls, paths: list[Path]) -> Preferences:
         parts = []
         for path in paths:
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: no preference file; make one with python -m {__name__}.")
-            parts.append(load_file(str(path)))
+            parts.append(load_file(str(_existing(path))))
         return cls(
             torch.cat([p["images"] for p in parts]).float() / 255.0,
             torch.cat([p["prompt_index"] for p in parts]).long(),
@@ -96,7 +99,9 @@ def sample_source(source: str, metadata: list[dict], images_per_prompt: int, see
 def main() -> None:
     parser = argparse.ArgumentParser(description="Generated images of the training prompts, judged by the annotator")
     parser.add_argument("--annotator", type=Path, required=True, help="annotator weights directory")
-    parser.add_argument("--source", required=True, help="'base' or a training run / checkpoint folder")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--source", help="'base' or a training run / checkpoint folder")
+    what.add_argument("--relabel", type=Path, help="a preference file whose images to judge again (no sampling)")
     parser.add_argument("--out", type=Path, required=True, help="output .safetensors file")
     parser.add_argument("--images-per-prompt", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
@@ -109,21 +114,22 @@ def main() -> None:
 
     metadata = load_metadata("train")
     start = time.perf_counter()
-    images = sample_source(args.source, metadata, args.images_per_prompt, args.seed, args.num_steps)
-    metas = [m for m in metadata for _ in range(args.images_per_prompt)]
+    if args.relabel is not None:
+        stored = load_file(str(_existing(args.relabel)))
+        images = stored["images"].float() / 255.0
+        index = stored["prompt_index"].long()
+        card = {**info(args.relabel), "relabelled_from": str(args.relabel)}
+    else:
+        images = sample_source(args.source, metadata, args.images_per_prompt, args.seed, args.num_steps)
+        index = torch.arange(len(metadata)).repeat_interleave(args.images_per_prompt)
+        card = {"source": args.source, "images_per_prompt": args.images_per_prompt, "seed": args.seed}
+        card["num_steps"] = args.num_steps
+    metas = [metadata[i] for i in index.tolist()]
     accepted = annotate(SceneSegmenter.load(args.annotator), images, metas)
-    index = torch.arange(len(metadata)).repeat_interleave(args.images_per_prompt)
     tags = np.array([m["tag"] for m in metas])
-    summary = {t: float(accepted[tags == t].mean()) for t in sorted(set(tags))}
-    info = {
-        "source": args.source,
-        "annotator": str(args.annotator),
-        "images_per_prompt": args.images_per_prompt,
-        "seed": args.seed,
-        "num_steps": args.num_steps,
-        "accepted_by_category": summary,
-        "seconds": round(time.perf_counter() - start, 1),
-    }
+    card["annotator"] = str(args.annotator)
+    card["accepted_by_category"] = {t: float(accepted[tags == t].mean()) for t in sorted(set(tags))}
+    card["seconds"] = round(time.perf_counter() - start, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
     save_file(
@@ -133,10 +139,16 @@ def main() -> None:
             "accepted": torch.from_numpy(accepted).to(torch.uint8),
         },
         str(tmp),
-        metadata={"info": json.dumps(info)},
+        metadata={"info": json.dumps(card)},
     )
     tmp.replace(args.out)  # never a half-written file under the final name
-    logger.info("wrote %d images to %s: %s", len(images), args.out, json.dumps(info))
+    logger.info("wrote %d images to %s: %s", len(images), args.out, json.dumps(card))
+
+
+def _existing(path: Path) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no preference file; make one with python -m {__name__} --source ...")
+    return path
 
 
 def info(path: Path) -> dict:

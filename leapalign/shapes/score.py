@@ -17,18 +17,31 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from leapalign.shapes.scenes import COLORS, SHAPES
+from leapalign.shapes.segmenter import SceneSegmenter, SegmenterArch
 from leapalign.shapes.text import EMBED_DIM, MiniLMEncoder
 from leapalign.shapes.weights import WeightsDirectory
 
 
 @dataclass
 class ScoreArch:
-    """Sizes of the ShapesScore dual encoder."""
+    """Sizes of the ShapesScore dual encoder.
+
+    ``backbone`` is what the image tower's CNN reads: ``"pixels"`` (low-passed RGB) or ``"segmenter"`` (the
+    per-pixel shape and colour probabilities of a frozen :class:`~leapalign.shapes.segmenter.SceneSegmenter` of
+    width ``segmenter_width``, as real rewards build on a pretrained vision backbone).
+    """
 
     width: int = 24
     embed_dim: int = 128
     text_heads: int = 4
     blur_sigma: float = 0.8
+    backbone: str = "pixels"
+    segmenter_width: int = 16
+
+    def __post_init__(self) -> None:
+        if self.backbone not in ("pixels", "segmenter"):
+            raise ValueError(f"ScoreArch.backbone={self.backbone!r}; use 'pixels' or 'segmenter'.")
 
 
 def gaussian_kernel(sigma: float, radius: int = 2) -> Tensor:
@@ -42,21 +55,32 @@ def gaussian_kernel(sigma: float, radius: int = 2) -> Tensor:
 class ImageTower(nn.Module):
     """``(B, 3, 32, 32)`` images in ``[0, 1]`` -> ``(B, D)`` unit embeddings.
 
-    The input is first low-passed by a fixed Gaussian (``blur_sigma`` px), part of the reward's preprocessing:
-    shapes survive it, while the high-frequency patterns a generator can most easily exploit (e.g. its own
-    4x4-patch grid) are attenuated, which makes the reward harder to hack.
+    With the ``pixels`` backbone the input is first low-passed by a fixed Gaussian (``blur_sigma`` px), part of
+    the reward's preprocessing: shapes survive it, while the high-frequency patterns a generator can most easily
+    exploit (e.g. its own 4x4-patch grid) are attenuated, which makes the reward harder to hack.
+
+    With the ``segmenter`` backbone the CNN reads ``1 + S + C + S * C`` maps of a frozen segmenter: the shape
+    probabilities (background first), the colour probabilities and their products on the foreground ("this
+    pixel belongs to a red circle"). The reward's gradient then reaches the image only through what the
+    segmenter perceives, and a shape the segmenter calls background (e.g. a hybrid, for a segmenter trained
+    with ``--corruptions ...,hybrid``) counts for no object.
     """
 
     def __init__(self, arch: ScoreArch) -> None:
         super().__init__()
         w = arch.width
         self.register_buffer("blur", gaussian_kernel(arch.blur_sigma).expand(3, 1, 5, 5).clone(), persistent=False)
+        self.segmenter: SceneSegmenter | None = None
+        cin = 3
+        if arch.backbone == "segmenter":
+            self.segmenter = SceneSegmenter(SegmenterArch(arch.segmenter_width)).requires_grad_(False)
+            cin = 1 + len(SHAPES) + len(COLORS) + len(SHAPES) * len(COLORS)
 
         def block(cin: int, cout: int, stride: int) -> nn.Sequential:
             return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.GroupNorm(8, cout), nn.SiLU())
 
         self.net = nn.Sequential(
-            block(3, w, 1),
+            block(cin, w, 1),
             block(w, w, 1),
             block(w, 2 * w, 2),
             block(2 * w, 2 * w, 1),
@@ -68,9 +92,20 @@ class ImageTower(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         if images.shape[-2:] != (32, 32):
             images = F.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
-        images = F.conv2d(F.pad(images, (2, 2, 2, 2), mode="replicate"), self.blur, groups=3)
-        h = self.net(images * 2.0 - 1.0)
+        if self.segmenter is not None:
+            h = self.net(self.perceive(images))
+        else:
+            images = F.conv2d(F.pad(images, (2, 2, 2, 2), mode="replicate"), self.blur, groups=3)
+            h = self.net(images * 2.0 - 1.0)
         return F.normalize(self.proj(h.flatten(1)), dim=-1)
+
+    def perceive(self, images: Tensor) -> Tensor:
+        """The segmenter's maps ``(B, 1 + S + C + S * C, 32, 32)``, all in ``[0, 1]``."""
+        assert self.segmenter is not None
+        shape_logits, color_logits = self.segmenter.eval()(images)
+        shape, color = shape_logits.softmax(1), color_logits.softmax(1)
+        joint = (shape[:, 1:, None] * color[:, None]).flatten(1, 2)  # (B, S * C, H, W): foreground only
+        return torch.cat([shape, color, joint], 1)
 
 
 class TextTower(nn.Module):
@@ -129,7 +164,9 @@ class ShapesScore:
     of the prompt among itself and up to ``negatives`` near misses (:func:`leapalign.shapes.contrast.near_misses`:
     one attribute changed, or two named objects collapsed into one shape or colour), in ``(0, 1)``. An image
     that pleases the plain score by resembling a near miss ("a square and a circle" drawn as two circles) then
-    loses reward. Only shipped ShapesWorld prompts have near misses.
+    loses reward. Only shipped ShapesWorld prompts have near misses. ``near_miss_kinds`` keeps some kinds of edit
+    only (:func:`leapalign.shapes.contrast.parse_kinds`); a prompt without any near miss scores 1 and gives no
+    gradient.
 
     Args:
         path: Weights directory (default: the shipped ones). Loaded lazily on the first call.
@@ -137,6 +174,8 @@ class ShapesScore:
         views: Number of perturbed views to average (0: score the image as it is).
         max_shift: Largest shift of a view, in pixels (the same for the whole scene, so relations hold).
         negatives: Number of near-miss prompts of the contrastive form (0: the plain cosine score).
+        near_miss_kinds: Which edits make the near misses (comma-separated or a list; default: all of
+            :data:`leapalign.shapes.contrast.NEAR_MISS_KINDS`).
     """
 
     name = "shapes_score"
@@ -149,6 +188,7 @@ class ShapesScore:
         views: int = 0,
         max_shift: int = 2,
         negatives: int = 0,
+        near_miss_kinds: str | Sequence[str] | None = None,
     ) -> None:
         if min(views, max_shift, negatives) < 0:
             raise ValueError(
@@ -156,8 +196,13 @@ class ShapesScore:
             )
         self.path = Path(path) if path else default_weights()
         self.views, self.max_shift, self.negatives = int(views), int(max_shift), int(negatives)
+        from leapalign.shapes.contrast import NEAR_MISS_KINDS, parse_kinds
+
+        self.near_miss_kinds = parse_kinds(near_miss_kinds)
         if self.negatives:  # a different quantity: logged under its own name
             self.name = f"shapes_score_contrast{self.negatives}"
+            if self.near_miss_kinds != NEAR_MISS_KINDS:
+                self.name += "_" + "_".join(self.near_miss_kinds)
         self._encoder = encoder
         self._model: ShapesScoreModel | None = None
         self._tokens: dict[str, Tensor] = {}
@@ -200,7 +245,7 @@ class ShapesScore:
         if prompt not in self._contrast:
             from leapalign.shapes.contrast import near_misses
 
-            texts = [prompt, *near_misses(prompt, self.negatives)]
+            texts = [prompt, *near_misses(prompt, self.negatives, kinds=self.near_miss_kinds)]
             with torch.no_grad():
                 self._contrast[prompt] = model.text(self.tokens(texts).float().to(device))
         return self._contrast[prompt].to(device)

@@ -48,6 +48,7 @@ from leapalign.shapes.scenes import (
     scene_for,
 )
 from leapalign.shapes.score import ScoreArch, ShapesScore, ShapesScoreModel
+from leapalign.shapes.segmenter import SceneSegmenter
 from leapalign.shapes.text import MiniLMEncoder
 
 logger = logging.getLogger(__name__)
@@ -156,6 +157,7 @@ class ScoreTrainer:
         preferences: Preferences | None = None,
         pref_pairs: int = 64,
         pref_weight: float = 1.0,
+        segmenter: Path | None = None,
     ) -> None:
         if adv_eps < 0 or adv_steps < 1:
             raise ValueError(f"adv_eps ({adv_eps}) must be >= 0 and adv_steps ({adv_steps}) >= 1.")
@@ -163,11 +165,21 @@ class ScoreTrainer:
         self.corruptions = tuple(corruptions)
         self.adv_eps, self.adv_steps = float(adv_eps), int(adv_steps)
         torch.manual_seed(seed)
-        self.model = ShapesScoreModel.load(Path(init)).train() if init else ShapesScoreModel(ScoreArch())
+        if init and segmenter:
+            raise ValueError("give --init or --segmenter, not both: a model from --init keeps its own backbone.")
+        if init:
+            self.model = ShapesScoreModel.load(Path(init)).train()
+        elif segmenter:
+            seg = SceneSegmenter.load(Path(segmenter))
+            self.model = ShapesScoreModel(ScoreArch(backbone="segmenter", segmenter_width=seg.arch.width))
+            self.model.image.segmenter.load_state_dict(seg.state_dict())
+        else:
+            self.model = ShapesScoreModel(ScoreArch())
         self.encoder = MiniLMEncoder()
         self.reward = ShapesScore(encoder=self.encoder)  # used for its token cache
         self.records = {c: [m for m in load_metadata("train") if m["tag"] == c] for c in CATEGORIES}
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=0.01)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]  # a segmenter backbone stays frozen
+        self.opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.01)
         self.preferences, self.pref_pairs, self.pref_weight = preferences, int(pref_pairs), float(pref_weight)
         if preferences is not None:
             self._pairs = preferences.pairs()
@@ -374,6 +386,9 @@ def main() -> None:
     )
     parser.add_argument("--pref-pairs", type=int, default=64, help="(accepted, rejected) pairs per step")
     parser.add_argument("--pref-weight", type=float, default=1.0, help="weight of the pairwise preference loss")
+    parser.add_argument(
+        "--segmenter", type=Path, help="annotator weights to use, frozen, as the image backbone (default: pixels)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     corruptions = tuple(c for c in args.corruptions.split(",") if c)
@@ -389,6 +404,7 @@ def main() -> None:
         preferences=Preferences.load(args.preferences) if args.preferences else None,
         pref_pairs=args.pref_pairs,
         pref_weight=args.pref_weight,
+        segmenter=args.segmenter,
     )
     elapsed, final_loss = fit(trainer.step, args.steps, "shapes_score")
     trainer.model.eval()
@@ -398,6 +414,7 @@ def main() -> None:
         f"--batch {args.batch} --seed {args.seed} --wrong-per-scene {args.wrong_per_scene} "
         f"--corruptions {','.join(corruptions)} --lr {args.lr}"
         + (f" --init {args.init}" if args.init else "")
+        + (f" --segmenter {args.segmenter}" if args.segmenter else "")
         + (f" --adv-eps {args.adv_eps} --adv-steps {args.adv_steps}" if args.adv_eps > 0 else "")
         + (
             f" --preferences {' '.join(map(str, args.preferences))} --pref-pairs {args.pref_pairs} "
@@ -406,6 +423,7 @@ def main() -> None:
             else ""
         ),
         "init": str(args.init) if args.init else None,
+        "segmenter": str(args.segmenter) if args.segmenter else None,
         "adv_eps": args.adv_eps,
         "corruptions": list(corruptions),
         "seed": args.seed,

@@ -133,3 +133,38 @@ def test_annotator_can_learn_hybrid_shapes_as_background() -> None:
     # a hybrid is drawn (the image has colour there) but labelled background, like any non-object; deleting or
     # duplicating valid objects leaves only a few anti-aliased edge pixels so
     assert drawn_background(("hybrid",)) > max(20, 3 * drawn_background(("delete",)))
+
+
+def test_relabel_judges_stored_images_again_without_sampling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from leapalign.shapes import preferences
+
+    SceneSegmenter().save(tmp_path / "ann", {"note": "untrained"})
+    _write_prefs(tmp_path / "old.safetensors", [0, 0, 5], [True, True, True])
+    save_file(  # a file made by the CLI carries its settings; keep them and say where the labels came from
+        {k: v for k, v in preferences.load_file(str(tmp_path / "old.safetensors")).items()},
+        str(tmp_path / "old.safetensors"),
+        metadata={"info": '{"source": "base", "seed": 3}'},
+    )
+    monkeypatch.setattr(preferences, "sample_source", lambda *a, **k: pytest.fail("relabel must not sample"))
+    judged = []
+
+    def fake_annotate(seg: SceneSegmenter, images: torch.Tensor, metas: list[dict]) -> np.ndarray:
+        judged.append([m["prompt"] for m in metas])
+        return np.array([False, True, False])
+
+    monkeypatch.setattr("leapalign.shapes.annotator.annotate", fake_annotate)
+    argv = ["prefs", "--annotator", str(tmp_path / "ann"), "--relabel", str(tmp_path / "old.safetensors")]
+    monkeypatch.setattr("sys.argv", [*argv, "--out", str(tmp_path / "new.safetensors")])
+    preferences.main()
+    old = Preferences.load([tmp_path / "old.safetensors"])
+    new = Preferences.load([tmp_path / "new.safetensors"])
+    assert torch.equal(new.images, old.images) and torch.equal(new.prompt_index, old.prompt_index)
+    assert new.accepted.tolist() == [False, True, False]  # the new verdicts replace the stored ones
+    train = preferences.load_metadata("train")
+    assert judged == [[train[0]["prompt"], train[0]["prompt"], train[5]["prompt"]]]  # each image with its prompt
+    card = preferences.info(tmp_path / "new.safetensors")
+    assert card["source"] == "base" and card["seed"] == 3 and card["relabelled_from"].endswith("old.safetensors")
+    assert set(card["accepted_by_category"]) <= {m["tag"] for m in preferences.load_metadata("train")}
+    monkeypatch.setattr("sys.argv", [*argv, "--source", "base", "--out", str(tmp_path / "x.safetensors")])
+    with pytest.raises(SystemExit):  # --source and --relabel exclude each other
+        preferences.main()

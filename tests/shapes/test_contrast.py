@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from leapalign.shapes.contrast import metadata_of, near_misses
+from leapalign.shapes.contrast import NEAR_MISS_KINDS, metadata_of, near_misses, parse_kinds
 from leapalign.shapes.evaluator import check
 from leapalign.shapes.prompts import load_metadata
 from leapalign.shapes.scenes import render, scene_for
@@ -60,3 +60,30 @@ def test_contrastive_score_is_a_probability_that_prefers_the_true_scene() -> Non
     assert images.grad is not None and images.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="negatives"):
         ShapesScore(negatives=-1)
+
+
+def test_near_miss_kinds_keep_only_the_chosen_edits() -> None:
+    kinds = parse_kinds("color,count")
+    assert kinds == ("color", "count") and parse_kinds(None) == NEAR_MISS_KINDS
+    binding = "a photo of a blue circle and a cyan triangle"
+    misses = near_misses(binding, 8, kinds=kinds)
+    assert misses and all(m.count("circle") == 1 and m.count("triangle") == 1 for m in misses)  # shapes kept
+    assert all(m.split()[-1] == "triangle" and m != binding for m in misses)
+    counts = near_misses("a photo of one circle", 8, kinds=kinds)
+    assert set(counts) == {"a photo of two circles", "a photo of three circles", "a photo of four circles"}
+    assert near_misses("a photo of a circle and a square", 8, kinds=kinds) == ()  # no colour, no number
+    assert near_misses("a photo of a circle and a square", 2, kinds=("collapse",)) == near_misses(
+        "a photo of a circle and a square", 2
+    )
+    with pytest.raises(ValueError, match="near_miss_kinds=color,count"):
+        parse_kinds("colour")
+
+
+def test_a_prompt_without_near_misses_scores_one_and_gives_no_gradient() -> None:
+    reward = ShapesScore(negatives=8, near_miss_kinds=["color", "count"])
+    assert reward.name == "shapes_score_contrast8_color_count"
+    images = torch.rand(2, 3, 32, 32, requires_grad=True)
+    scores = reward(images, ["a photo of a circle and a square", "a photo of a blue circle"])
+    assert scores[0].item() == pytest.approx(1.0) and 0 < scores[1].item() < 1
+    scores[0].backward()
+    assert images.grad is None or images.grad.abs().sum() == 0

@@ -72,3 +72,36 @@ def test_hybrid_corruption_draws_a_shape_between_two_valid_ones() -> None:
     }
     for hybrid in HYBRID_SHAPES:  # a different outline from every valid shape of the same size (>= 20 px apart)
         assert all(np.abs(drawn[hybrid] - drawn[s]).sum() > 20 for s in ("square", "triangle", "circle"))
+
+
+def test_segmenter_backbone_reads_a_frozen_segmenter_and_round_trips(tmp_path: Path) -> None:
+    from leapalign.shapes.scenes import COLORS, SHAPES
+    from leapalign.shapes.score import ScoreArch
+    from leapalign.shapes.segmenter import SceneSegmenter
+
+    torch.manual_seed(0)
+    SceneSegmenter().save(tmp_path / "seg", {"note": "test"})
+    trainer = ScoreTrainer(batch=4, lr=1e-3, segmenter=tmp_path / "seg")
+    model = trainer.model
+    assert model.arch.backbone == "segmenter" and model.image.segmenter is not None
+    seg_before = {k: v.clone() for k, v in model.image.segmenter.state_dict().items()}
+    torch.testing.assert_close(seg_before, SceneSegmenter.load(tmp_path / "seg").state_dict())
+    maps = model.image.perceive(torch.rand(2, 3, 32, 32))
+    assert maps.shape == (2, 1 + len(SHAPES) + len(COLORS) + len(SHAPES) * len(COLORS), 32, 32)
+    assert maps.min() >= 0 and maps.max() <= 1
+    text_before = model.text.out.weight.clone()
+    trainer.step(0, 10)
+    assert not torch.equal(model.text.out.weight, text_before)  # the towers learn...
+    for k, v in model.image.segmenter.state_dict().items():  # ...the backbone does not
+        assert torch.equal(v, seg_before[k]), k
+    images = torch.rand(3, 3, 32, 32, requires_grad=True)
+    tokens = torch.randn(3, 6, 384)
+    model.eval()(images, tokens).sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0  # the reward's gradient reaches the pixels
+    model.save(tmp_path / "score", {"note": "test"})
+    loaded = ShapesScoreModel.load(tmp_path / "score")
+    torch.testing.assert_close(loaded(images, tokens), model(images, tokens))
+    with pytest.raises(ValueError, match="backbone"):
+        ScoreArch(backbone="vit")
+    with pytest.raises(ValueError, match="not both"):
+        ScoreTrainer(batch=4, init=default_weights(), segmenter=tmp_path / "seg")
