@@ -1,6 +1,6 @@
-"""Writes the Markdown table of trials 22-35 (docs/shapesworld.md) from the committed result files.
+"""Writes the Markdown table of trials 22-37 (docs/shapesworld.md) from the committed result files.
 
-Run from the repository root: ``python docs/results/demo_tuning/table_trials22-35.py``.
+Run from the repository root: ``python docs/results/demo_tuning/table_trials22-37.py``.
 """
 
 import json
@@ -24,11 +24,13 @@ TRIALS = {  # trial -> (training reward, hinge)
     33: ("v11 contrastive, no colour near misses", "0.9"),
     34: ("as trial33, seed 1", "0.9"),
     35: ("as trial33, seed 2", "0.9"),
+    36: ("v12 (v11 + preferences of trial 25) plain", "0.7"),
+    37: ("as trial36, seed 1", "0.7"),
 }
 
 
 def main() -> None:
-    audit = json.loads((ROOT / "v3_plain_scores_trials22-35.json").read_text())
+    audit = json.loads((ROOT / "v3_plain_scores_trials22-37.json").read_text())
     plain = {key.split(":")[0]: value["overall"]["score_mean"] for key, value in audit.items()}
     lines = [
         "| run | training reward | hinge | ShapesScore (v3) after | ShapesEval after "
