@@ -122,8 +122,12 @@ def main() -> None:
     else:
         images = sample_source(args.source, metadata, args.images_per_prompt, args.seed, args.num_steps)
         index = torch.arange(len(metadata)).repeat_interleave(args.images_per_prompt)
-        card = {"source": args.source, "images_per_prompt": args.images_per_prompt, "seed": args.seed}
-        card["num_steps"] = args.num_steps
+        card = {
+            "source": args.source,
+            "images_per_prompt": args.images_per_prompt,
+            "seed": args.seed,
+            "num_steps": args.num_steps,
+        }
     metas = [metadata[i] for i in index.tolist()]
     accepted = annotate(SceneSegmenter.load(args.annotator), images, metas)
     tags = np.array([m["tag"] for m in metas])

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from leapalign.shapes.contrast import NEAR_MISS_KINDS, near_misses, parse_kinds
 from leapalign.shapes.scenes import COLORS, SHAPES
 from leapalign.shapes.segmenter import SceneSegmenter, SegmenterArch
 from leapalign.shapes.text import EMBED_DIM, MiniLMEncoder
@@ -69,10 +70,12 @@ class ImageTower(nn.Module):
     def __init__(self, arch: ScoreArch) -> None:
         super().__init__()
         w = arch.width
-        self.register_buffer("blur", gaussian_kernel(arch.blur_sigma).expand(3, 1, 5, 5).clone(), persistent=False)
         self.segmenter: SceneSegmenter | None = None
         cin = 3
-        if arch.backbone == "segmenter":
+        if arch.backbone == "pixels":
+            blur = gaussian_kernel(arch.blur_sigma).expand(3, 1, 5, 5).clone()
+            self.register_buffer("blur", blur, persistent=False)
+        else:
             self.segmenter = SceneSegmenter(SegmenterArch(arch.segmenter_width)).requires_grad_(False)
             cin = 1 + len(SHAPES) + len(COLORS) + len(SHAPES) * len(COLORS)
 
@@ -99,10 +102,16 @@ class ImageTower(nn.Module):
             h = self.net(images * 2.0 - 1.0)
         return F.normalize(self.proj(h.flatten(1)), dim=-1)
 
+    def train(self, mode: bool = True) -> ImageTower:
+        super().train(mode)
+        if self.segmenter is not None:  # a frozen backbone: never in training mode
+            self.segmenter.eval()
+        return self
+
     def perceive(self, images: Tensor) -> Tensor:
         """The segmenter's maps ``(B, 1 + S + C + S * C, 32, 32)``, all in ``[0, 1]``."""
         assert self.segmenter is not None
-        shape_logits, color_logits = self.segmenter.eval()(images)
+        shape_logits, color_logits = self.segmenter(images)
         shape, color = shape_logits.softmax(1), color_logits.softmax(1)
         joint = (shape[:, 1:, None] * color[:, None]).flatten(1, 2)  # (B, S * C, H, W): foreground only
         return torch.cat([shape, color, joint], 1)
@@ -196,8 +205,6 @@ class ShapesScore:
             )
         self.path = Path(path) if path else default_weights()
         self.views, self.max_shift, self.negatives = int(views), int(max_shift), int(negatives)
-        from leapalign.shapes.contrast import NEAR_MISS_KINDS, parse_kinds
-
         self.near_miss_kinds = parse_kinds(near_miss_kinds)
         if self.negatives:  # a different quantity: logged under its own name
             self.name = f"shapes_score_contrast{self.negatives}"
@@ -243,8 +250,6 @@ class ShapesScore:
     def _candidates(self, prompt: str, model: ShapesScoreModel, device: torch.device) -> Tensor:
         """Text embeddings of ``prompt`` and its near misses, ``(1 + K, D)``, cached (the weights are frozen)."""
         if prompt not in self._contrast:
-            from leapalign.shapes.contrast import near_misses
-
             texts = [prompt, *near_misses(prompt, self.negatives, kinds=self.near_miss_kinds)]
             with torch.no_grad():
                 self._contrast[prompt] = model.text(self.tokens(texts).float().to(device))

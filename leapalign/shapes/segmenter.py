@@ -15,8 +15,6 @@ from torch import Tensor, nn
 from leapalign.shapes.scenes import COLORS, SHAPES
 from leapalign.shapes.weights import WeightsDirectory
 
-_COLORS = tuple(COLORS)
-
 
 @dataclass
 class SegmenterArch:
@@ -50,7 +48,7 @@ class SceneSegmenter(WeightsDirectory, nn.Module):
         self.enc3 = nn.Sequential(_block(2 * w, 4 * w, 2), _block(4 * w, 4 * w), _block(4 * w, 4 * w))
         self.dec2 = nn.Sequential(_block(6 * w, 2 * w), _block(2 * w, 2 * w))
         self.dec1 = nn.Sequential(_block(3 * w, w), _block(w, w))
-        self.head = nn.Conv2d(w, 1 + len(SHAPES) + len(_COLORS), 1)
+        self.head = nn.Conv2d(w, 1 + len(SHAPES) + len(COLORS), 1)
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         e1 = self.enc1(images * 2 - 1)
