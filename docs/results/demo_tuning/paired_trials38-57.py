@@ -1,4 +1,4 @@
-"""Paired before/after comparison of trials 38-55 with the base model (docs/shapesworld.md, "Trials 38-55").
+"""Paired before/after comparison of trials 38-57 with the base model (docs/shapesworld.md, "Trials 38-57").
 
 Every trial's evaluation draws image ``r`` of prompt ``i`` from the same noise as the base model's, so the
 change of each image's ShapesEval verdict and v3 ShapesScore can be compared pair by pair. The standard error
@@ -7,12 +7,12 @@ of the change in ShapesEval overall (the mean of six category rates) is
 
 Two modes, run from the repository root:
 
-* ``python docs/results/demo_tuning/paired_trials38-55.py --measure`` reads the evaluation folders under
+* ``python docs/results/demo_tuning/paired_trials38-57.py --measure`` reads the evaluation folders under
   ``runs/`` (``leapalign eval --run runs/tN --out runs/tN/eval``, and ``--images-per-prompt 12 --seed 7
-  --out runs/tN/eval_big`` for the larger evaluation) and writes ``paired_trials38-55.json`` next to this file.
+  --out runs/tN/eval_big`` for the larger evaluation) and writes ``paired_trials38-57.json`` next to this file.
   Images whose record holds no plain v3 score (trials trained on another reward) are scored with the shipped
   ShapesScore.
-* ``python docs/results/demo_tuning/paired_trials38-55.py`` prints the Markdown tables from that JSON file.
+* ``python docs/results/demo_tuning/paired_trials38-57.py`` prints the Markdown tables from that JSON file.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-OUT = HERE / "paired_trials38-55.json"
+OUT = HERE / "paired_trials38-57.json"
 CATEGORIES = ["single_object", "two_object", "counting", "colors", "position", "color_attr"]
 SHORT = ["single", "two", "counting", "colours", "position", "binding"]
 TRIALS = {  # trial -> (training reward and settings, seed); every trial uses the demo's lr, steps and batch
@@ -46,6 +46,8 @@ TRIALS = {  # trial -> (training reward and settings, seed); every trial uses th
     53: ("as trial42", 3),
     54: ("as trial42, replay on the best of 4 base-model images per training prompt by v3", 0),
     55: ("control: as trial54 without the reward", 0),
+    56: ("as trial42, 400 steps", 0),
+    57: ("as trial42, 400 steps", 1),
 }
 
 
