@@ -21,7 +21,9 @@ import argparse
 import json
 import math
 import sys
+from functools import cache
 from pathlib import Path
+from statistics import fmean, variance
 
 HERE = Path(__file__).parent
 OUT = HERE / "paired_trials38-57.json"
@@ -58,21 +60,23 @@ def _records(folder: Path) -> dict[tuple[str, int], dict]:
 def _plain_scores(folder: Path, records: dict[tuple[str, int], dict]) -> dict[tuple[str, int], float]:
     if all("shapes_score" in r["scores"] for r in records.values()):
         return {k: r["scores"]["shapes_score"] for k, r in records.items()}
-    import numpy as np
     import torch
-    from PIL import Image
 
     from leapalign.shapes.score import ShapesScore
+    from leapalign.shapes.score_audit import eval_folder_samples
 
-    reward, keys, out = ShapesScore(), list(records), {}
-    for start in range(0, len(keys), 128):
-        chunk = keys[start : start + 128]
-        images = np.stack([np.asarray(Image.open(folder / records[k]["file"]).convert("RGB")) for k in chunk])
-        batch = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-        with torch.no_grad():
-            scores = reward(batch, [k[0] for k in chunk])
-        out.update(zip(chunk, scores.tolist(), strict=True))
-    return out
+    images, metadata = eval_folder_samples(folder)  # ordered by (prompt index, repeat)
+    keys = [k for _, k in sorted(((r["prompt_index"], r["repeat"]), k) for k, r in records.items())]
+    with torch.no_grad():
+        scores = ShapesScore()(images, [m["prompt"] for m in metadata])
+    return dict(zip(keys, scores.tolist(), strict=True))
+
+
+@cache
+def _load(folder: Path) -> tuple[dict[tuple[str, int], dict], dict[tuple[str, int], float]]:
+    """The per-image records of an evaluation folder and their plain v3 scores (read once per folder)."""
+    records = _records(folder)
+    return records, _plain_scores(folder, records)
 
 
 def compare(base: Path, run: Path) -> dict:
@@ -80,30 +84,26 @@ def compare(base: Path, run: Path) -> dict:
     from leapalign.shapes.prompts import load_metadata
 
     tag = {m["prompt"]: m["tag"] for m in load_metadata("eval")}
-    rb, rr = _records(base), _records(run)
+    (rb, sb), (rr, sr) = _load(base), _load(run)
     if set(rb) != set(rr):
         raise ValueError(f"{base} and {run} hold different (prompt, seed) pairs: not a paired comparison.")
-    sb, sr = _plain_scores(base, rb), _plain_scores(run, rr)
-    per_cat: dict[str, list[float]] = {}
+    after: dict[str, list[float]] = {}
+    diffs: dict[str, list[float]] = {}
     for key, rec in rr.items():
-        per_cat.setdefault(tag[key[0]], []).append(float(rec["shapes_eval"]) - float(rb[key]["shapes_eval"]))
-    after, delta, ses = {}, {}, []
-    for cat in CATEGORIES:
-        diffs = per_cat[cat]
-        n, mean = len(diffs), sum(diffs) / len(diffs)
-        var = sum((d - mean) ** 2 for d in diffs) / (n - 1)
-        delta[cat] = mean
-        ses.append(math.sqrt(var / n))
-        after[cat] = sum(float(rr[k]["shapes_eval"]) for k in rr if tag[k[0]] == cat) / n
+        after.setdefault(tag[key[0]], []).append(float(rec["shapes_eval"]))
+        diffs.setdefault(tag[key[0]], []).append(float(rec["shapes_eval"]) - float(rb[key]["shapes_eval"]))
+    category_after = {c: fmean(after[c]) for c in CATEGORIES}
+    delta = {c: fmean(diffs[c]) for c in CATEGORIES}
+    ses = [math.sqrt(variance(diffs[c]) / len(diffs[c])) for c in CATEGORIES]
     return {
         "images": len(rr),
-        "shapes_eval_after": sum(after.values()) / len(after),
-        "shapes_eval_change": sum(delta.values()) / len(delta),
+        "shapes_eval_after": fmean(category_after.values()),
+        "shapes_eval_change": fmean(delta.values()),
         "shapes_eval_change_se": math.sqrt(sum(s * s for s in ses)) / len(ses),
-        "category_after": after,
+        "category_after": category_after,
         "category_change": delta,
-        "v3_score_after": sum(sr.values()) / len(sr),
-        "v3_score_change": sum(sr[k] - sb[k] for k in sr) / len(sr),
+        "v3_score_after": fmean(sr.values()),
+        "v3_score_change": fmean(sr[k] - sb[k] for k in sr),
     }
 
 
