@@ -118,7 +118,10 @@ def eval_folder_samples(folder: Path) -> tuple[Tensor, list[dict]]:
         path = folder / "images" / f"{i:05d}" / "metadata.jsonl"
         meta = json.loads(path.read_text().splitlines()[0]) if path.is_file() else {}
         if "tag" not in meta:
-            raise ValueError(f"{path}: no GenEval metadata; audit evaluations on --prompts shapes:eval only.")
+            raise ValueError(
+                f"{path}: no GenEval metadata; audit evaluations of ShapesWorld prompts only "
+                "(--prompts shapes:eval or shapes:train)."
+            )
         by_prompt[i] = meta
     keys = sorted(records)
     return torch.stack([store.load_image(records[k]) for k in keys]), [by_prompt[i] for i, _ in keys]

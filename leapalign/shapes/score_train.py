@@ -21,7 +21,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +158,7 @@ class ScoreTrainer:
         pref_pairs: int = 64,
         pref_weight: float = 1.0,
         segmenter: Path | None = None,
+        category_weights: dict[str, float] | None = None,
     ) -> None:
         if adv_eps < 0 or adv_steps < 1:
             raise ValueError(f"adv_eps ({adv_eps}) must be >= 0 and adv_steps ({adv_steps}) >= 1.")
@@ -178,6 +179,7 @@ class ScoreTrainer:
         self.encoder = MiniLMEncoder()
         self.reward = ShapesScore(encoder=self.encoder)  # used for its token cache
         self.records = {c: [m for m in load_metadata("train") if m["tag"] == c] for c in CATEGORIES}
+        self.category_p = category_probabilities(category_weights)
         trainable = [p for p in self.model.parameters() if p.requires_grad]  # a segmenter backbone stays frozen
         self.opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.01)
         self.preferences, self.pref_pairs, self.pref_weight = preferences, int(pref_pairs), float(pref_weight)
@@ -205,7 +207,10 @@ class ScoreTrainer:
         prng = random.Random(self.seed * 7919 + step)
         metas, scenes, images, negatives, wrong, wrong_ok = [], [], [], [], [], []
         for _ in range(self.batch):
-            cat = CATEGORIES[rng.integers(len(CATEGORIES))]
+            if self.category_p is None:  # uniform (the shipped reward's stream of random numbers)
+                cat = CATEGORIES[rng.integers(len(CATEGORIES))]
+            else:
+                cat = CATEGORIES[rng.choice(len(CATEGORIES), p=self.category_p)]
             meta = self.records[cat][rng.integers(len(self.records[cat]))]
             scene = scene_for(meta, rng)
             dets = scene_detections(scene)
@@ -266,6 +271,43 @@ class ScoreTrainer:
         return loss.item()
 
 
+def category_probabilities(weights: dict[str, float] | None) -> np.ndarray | None:
+    """Sampling probabilities of the prompt categories from relative weights (unnamed categories weigh 1).
+
+    Args:
+        weights: ``{category: weight}``, e.g. ``{"position": 3.0}``; ``None`` or empty for uniform sampling.
+
+    Returns:
+        ``(len(CATEGORIES),)`` probabilities in :data:`CATEGORIES` order, or ``None`` for uniform sampling.
+
+    Raises:
+        ValueError: for an unknown category or a negative weight, naming the valid categories.
+    """
+    if not weights:
+        return None
+    unknown = sorted(set(weights) - set(CATEGORIES))
+    if unknown:
+        raise ValueError(f"unknown categories {unknown} in the category weights; use some of {list(CATEGORIES)}.")
+    w = np.array([float(weights.get(c, 1.0)) for c in CATEGORIES])
+    if (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"category weights must be >= 0 with a positive sum, got {weights}.")
+    return w / w.sum()
+
+
+def parse_category_weights(text: str) -> dict[str, float]:
+    """``"position=3,counting=2"`` -> ``{"position": 3.0, "counting": 2.0}`` (``""`` -> ``{}``)."""
+    out: dict[str, float] = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ValueError(f"bad category weight {item!r}; write category=weight, e.g. position=3.")
+    return out
+
+
 def pgd_l2(loss_fn: Callable[..., Tensor], inputs: tuple[Tensor, ...], eps: float, steps: int) -> tuple[Tensor, ...]:
     """Projected gradient ascent of ``loss_fn(*inputs)`` within an L2 ball of radius ``eps`` per image.
 
@@ -323,16 +365,18 @@ def measure(
     seeds: int = 4,
     seed: int = 1234,
     corruptions: tuple[str, ...] = DEFAULT_CORRUPTIONS,
+    metadata: Sequence[dict] | None = None,
 ) -> dict[str, float]:
     """Held-out ranking accuracy: how often the true prompt outscores each kind of hard negative.
 
     Renders every held-out prompt ``seeds`` times (clean) and compares its score with the score of each
     applicable mismatch (colour, count, relation, shape) and of a random other held-out prompt the scene does
     not satisfy; and, on the image side, how often a corrupted scene (:func:`corrupt`) that no longer satisfies
-    the prompt scores below the true scene.
+    the prompt scores below the true scene. ``metadata`` replaces the held-out prompts (e.g. the training
+    prompts of one category, to see what the reward learned but does not generalise).
     """
     rng, prng = np.random.default_rng(seed), random.Random(seed)
-    metas = load_metadata("eval")
+    metas = list(metadata) if metadata is not None else load_metadata("eval")
     wins: dict[str, list[bool]] = {k: [] for k in (*KINDS, "random", "wrong_image")}
     wins |= {f"wrong_{k}": [] for k in corruptions}
     for _ in range(seeds):
@@ -389,6 +433,11 @@ def main() -> None:
     parser.add_argument(
         "--segmenter", type=Path, help="annotator weights to use, frozen, as the image backbone (default: pixels)"
     )
+    parser.add_argument(
+        "--category-weights",
+        default="",
+        help="relative sampling weights of prompt categories, e.g. position=3 (default: uniform)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     corruptions = tuple(c for c in args.corruptions.split(",") if c)
@@ -405,6 +454,7 @@ def main() -> None:
         pref_pairs=args.pref_pairs,
         pref_weight=args.pref_weight,
         segmenter=args.segmenter,
+        category_weights=parse_category_weights(args.category_weights),
     )
     elapsed, final_loss = fit(trainer.step, args.steps, "shapes_score")
     trainer.model.eval()
@@ -415,6 +465,7 @@ def main() -> None:
         f"--corruptions {','.join(corruptions)} --lr {args.lr}"
         + (f" --init {args.init}" if args.init else "")
         + (f" --segmenter {args.segmenter}" if args.segmenter else "")
+        + (f" --category-weights {args.category_weights}" if args.category_weights else "")
         + (f" --adv-eps {args.adv_eps} --adv-steps {args.adv_steps}" if args.adv_eps > 0 else "")
         + (
             f" --preferences {' '.join(map(str, args.preferences))} --pref-pairs {args.pref_pairs} "
@@ -424,6 +475,7 @@ def main() -> None:
         ),
         "init": str(args.init) if args.init else None,
         "segmenter": str(args.segmenter) if args.segmenter else None,
+        "category_weights": parse_category_weights(args.category_weights) or None,
         "adv_eps": args.adv_eps,
         "corruptions": list(corruptions),
         "seed": args.seed,

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from leapalign.shapes.prompts import CATEGORIES
 from leapalign.shapes.score import ShapesScoreModel, default_weights
-from leapalign.shapes.score_train import ScoreTrainer, pgd_l2
+from leapalign.shapes.score_train import ScoreTrainer, category_probabilities, parse_category_weights, pgd_l2
 
 
 def test_pgd_l2_stays_in_the_ball_and_the_image_range_and_raises_the_loss() -> None:
@@ -105,3 +106,24 @@ def test_segmenter_backbone_reads_a_frozen_segmenter_and_round_trips(tmp_path: P
         ScoreArch(backbone="vit")
     with pytest.raises(ValueError, match="not both"):
         ScoreTrainer(batch=4, init=default_weights(), segmenter=tmp_path / "seg")
+
+
+def test_category_weights_parse_validate_and_skew_the_batches() -> None:
+    assert parse_category_weights("") == {}
+    assert parse_category_weights("position=3, counting=0.5") == {"position": 3.0, "counting": 0.5}
+    for bad in ("position", "position=x"):
+        with pytest.raises(ValueError, match="category=weight"):
+            parse_category_weights(bad)
+    with pytest.raises(ValueError, match="unknown categories"):
+        category_probabilities({"positions": 2.0})
+    with pytest.raises(ValueError, match=">= 0"):
+        category_probabilities({"position": -1.0})
+    assert category_probabilities({}) is None
+    p = category_probabilities({"position": 6.0, "counting": 0.0})
+    assert p is not None and p.sum() == pytest.approx(1.0)
+    assert p[CATEGORIES.index("position")] == pytest.approx(0.6) and p[CATEGORIES.index("counting")] == 0.0
+
+    trainer = ScoreTrainer(batch=32, category_weights={"position": 1.0} | {c: 0.0 for c in CATEGORIES[:-2]})
+    metas, *_ = trainer._batch(0)
+    assert {m["tag"] for m in metas} <= {"position", "color_attr"}
+    assert sum(m["tag"] == "position" for m in metas) > 4
