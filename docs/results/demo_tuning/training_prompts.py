@@ -31,7 +31,7 @@ HERE = Path(__file__).parent
 OUT = HERE / "training_prompts.json"
 CATEGORIES = ["single_object", "two_object", "counting", "colors", "position", "color_attr"]
 SHORT = ["single", "two", "counting", "colours", "position", "binding"]
-GROUPS = {  # name -> trials (docs/shapesworld.md, "Trials 38-61")
+GROUPS = {  # name -> trials (docs/shapesworld.md, "Trials 38-63")
     "demo configuration (v3 reward, replay 30, EMA 0.995)": [42, 45, 47, 53],
     "control: the same without the reward": [44, 46, 52],
 }

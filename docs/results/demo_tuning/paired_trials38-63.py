@@ -1,4 +1,4 @@
-"""Paired before/after comparison of trials 38-61 with the base model (docs/shapesworld.md, "Trials 38-61").
+"""Paired before/after comparison of trials 38-63 with the base model (docs/shapesworld.md, "Trials 38-63").
 
 Every trial's evaluation draws image ``r`` of prompt ``i`` from the same noise as the base model's, so the
 change of each image's ShapesEval verdict and v3 ShapesScore can be compared pair by pair. The standard error
@@ -7,12 +7,12 @@ of the change in ShapesEval overall (the mean of six category rates) is
 
 Two modes, run from the repository root:
 
-* ``python docs/results/demo_tuning/paired_trials38-61.py --measure`` reads the evaluation folders under
+* ``python docs/results/demo_tuning/paired_trials38-63.py --measure`` reads the evaluation folders under
   ``runs/`` (``leapalign eval --run runs/tN --out runs/tN/eval``, and ``--images-per-prompt 12 --seed 7
-  --out runs/tN/eval_big`` for the larger evaluation) and writes ``paired_trials38-61.json`` next to this file.
+  --out runs/tN/eval_big`` for the larger evaluation) and writes ``paired_trials38-63.json`` next to this file.
   Images whose record holds no plain v3 score (trials trained on another reward) are scored with the shipped
   ShapesScore.
-* ``python docs/results/demo_tuning/paired_trials38-61.py`` prints the Markdown tables from that JSON file.
+* ``python docs/results/demo_tuning/paired_trials38-63.py`` prints the Markdown tables from that JSON file.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 from statistics import fmean, variance
 
 HERE = Path(__file__).parent
-OUT = HERE / "paired_trials38-61.json"
+OUT = HERE / "paired_trials38-63.json"
 CATEGORIES = ["single_object", "two_object", "counting", "colors", "position", "color_attr"]
 SHORT = ["single", "two", "counting", "colours", "position", "binding"]
 TRIALS = {  # trial -> (training reward and settings, seed); every trial uses the demo's lr, steps and batch
@@ -54,6 +54,8 @@ TRIALS = {  # trial -> (training reward and settings, seed); every trial uses th
     59: ("as trial58, lr 1e-3", 0),
     60: ("as trial42, reward min(v3 plain, v11 plain)", 0),
     61: ("as trial60", 1),
+    62: ("control: as trial55 (best-of-4 replay, no reward), lr 3e-4, no EMA", 0),
+    63: ("as trial62, lr 1e-4", 0),
 }
 
 
