@@ -298,13 +298,11 @@ def parse_category_weights(text: str) -> dict[str, float]:
     """``"position=3,counting=2"`` -> ``{"position": 3.0, "counting": 2.0}`` (``""`` -> ``{}``)."""
     out: dict[str, float] = {}
     for item in filter(None, (t.strip() for t in text.split(","))):
-        name, sep, value = item.partition("=")
+        name, _, value = item.partition("=")
         try:
             out[name.strip()] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep:
-            raise ValueError(f"bad category weight {item!r}; write category=weight, e.g. position=3.")
+        except ValueError:  # no "=" (value "") or not a number
+            raise ValueError(f"bad category weight {item!r}; write category=weight, e.g. position=3.") from None
     return out
 
 
@@ -441,6 +439,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     corruptions = tuple(c for c in args.corruptions.split(",") if c)
+    category_weights = parse_category_weights(args.category_weights)
     trainer = ScoreTrainer(
         seed=args.seed,
         batch=args.batch,
@@ -454,7 +453,7 @@ def main() -> None:
         pref_pairs=args.pref_pairs,
         pref_weight=args.pref_weight,
         segmenter=args.segmenter,
-        category_weights=parse_category_weights(args.category_weights),
+        category_weights=category_weights,
     )
     elapsed, final_loss = fit(trainer.step, args.steps, "shapes_score")
     trainer.model.eval()
@@ -475,7 +474,7 @@ def main() -> None:
         ),
         "init": str(args.init) if args.init else None,
         "segmenter": str(args.segmenter) if args.segmenter else None,
-        "category_weights": parse_category_weights(args.category_weights) or None,
+        "category_weights": category_weights or None,
         "adv_eps": args.adv_eps,
         "corruptions": list(corruptions),
         "seed": args.seed,

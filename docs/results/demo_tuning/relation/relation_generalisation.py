@@ -27,6 +27,10 @@ import json
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from leapalign.shapes.score import ShapesScore
 
 HERE = Path(__file__).parent
 OUT = HERE / "relation_generalisation.json"
@@ -43,21 +47,24 @@ def _named(items: list[str]) -> dict[str, Path]:
     return out
 
 
-def reward_relations(weights: Path, seeds: int = 4) -> dict[str, dict[str, float]]:
-    """Relation and swap ranking accuracy of one ShapesScore on training and held-out position prompts."""
+def reward_relations(weights: Path, tokens: ShapesScore, seeds: int = 4) -> dict[str, dict[str, float]]:
+    """Relation and swap ranking accuracy of one ShapesScore on training and held-out position prompts.
+
+    ``tokens`` supplies the cached MiniLM token embeddings (its own weights are never loaded), shared by every
+    reward measured.
+    """
     import torch
 
     from leapalign.shapes.prompts import load_metadata
-    from leapalign.shapes.score import ShapesScore, ShapesScoreModel
+    from leapalign.shapes.score import ShapesScoreModel
     from leapalign.shapes.score_train import measure
 
     model = ShapesScoreModel.load(weights).eval()
-    reward = ShapesScore(str(weights))
     out = {}
     for split in ("train", "eval"):
         metas = [m for m in load_metadata(split) if m["tag"] == "position"]
         with torch.no_grad():
-            acc = measure(model, reward, seeds=seeds, corruptions=("swap",), metadata=metas)
+            acc = measure(model, tokens, seeds=seeds, corruptions=("swap",), metadata=metas)
         out[split] = {k: acc[k] for k in ("acc_vs_relation", "n_relation", "acc_vs_wrong_swap", "n_wrong_swap")}
     return out
 
@@ -88,8 +95,11 @@ def generated_relations(folder: Path) -> dict[str, int]:
 
 
 def measure(rewards: dict[str, Path], generated: dict[str, Path]) -> None:
+    from leapalign.shapes.score import ShapesScore
+
+    tokens = ShapesScore()  # only its token cache is used
     result = {
-        "rewards": {name: reward_relations(path) for name, path in rewards.items()},
+        "rewards": {name: reward_relations(path, tokens) for name, path in rewards.items()},
         "generated": {name: generated_relations(path) for name, path in generated.items()},
     }
     OUT.write_text(json.dumps(result, indent=1) + "\n")
