@@ -28,7 +28,7 @@ CATEGORY_PREFIX = "shapes_eval."
 
 def select_metadata(ev: EvalProtocol) -> list[dict]:
     """The held-out prompt metadata, optionally limited to the first ``prompts_per_category`` of each category."""
-    from leapalign.shapes.prompts import load_metadata
+    from leapalign.worlds.shapes.prompts import load_metadata
 
     metadata = load_metadata(ev.prompts.removeprefix("shapes:"))
     if ev.prompts_per_category is None:

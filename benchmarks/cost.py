@@ -111,7 +111,7 @@ def ensure_model(size: str) -> None:
     folder = MODELS_DIR / size
     if spec["arch"] is None or (folder / "config.json").is_file():
         return
-    from leapalign.shapes.model import ShapesArch
+    from leapalign.worlds.shapes.model import ShapesArch
 
     arch = dict(spec["arch"])
     arch["axes_dims_rope"] = tuple(arch["axes_dims_rope"])

@@ -53,7 +53,7 @@ class EvalConfig:
 
 
 def eval_metadata(cfg: EvalConfig) -> list[dict]:
-    from leapalign.shapes.prompts import load_metadata
+    from leapalign.worlds.shapes.prompts import load_metadata
 
     return load_metadata(cfg.prompts.removeprefix("shapes:"))
 
@@ -73,8 +73,8 @@ def generate_eval_images(model: FlowModel, metadata: list[dict], cfg: EvalConfig
 @torch.no_grad()
 def score_images(images: Tensor, metadata: list[dict], images_per_prompt: int) -> dict[str, Any]:
     """ShapesScore and ShapesEval of prompt-major ``images``; returns the flat metrics dict."""
-    from leapalign.shapes.evaluator import evaluate
-    from leapalign.shapes.score import ShapesScore
+    from leapalign.worlds.shapes.evaluator import evaluate
+    from leapalign.worlds.shapes.score import ShapesScore
 
     metas = [m for m in metadata for _ in range(images_per_prompt)]
     prompts = [m["prompt"] for m in metas]

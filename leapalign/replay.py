@@ -45,15 +45,15 @@ class ShapesReplay:
     """
 
     def __init__(self, seed: int, batch_size: int) -> None:
-        from leapalign.shapes.pretrain import _by_category
-        from leapalign.shapes.prompts import load_metadata
+        from leapalign.worlds.shapes.pretrain import _by_category
+        from leapalign.worlds.shapes.prompts import load_metadata
 
         self.seed, self.batch_size = 10_000 + seed, batch_size
         self.records = _by_category(load_metadata("train"))
 
     def batch(self, step: int) -> tuple[list[str], Tensor]:
         """Prompts and images ``(B, 3, 32, 32)`` in ``[0, 1]`` for optimiser step ``step``."""
-        from leapalign.shapes.pretrain import make_batch
+        from leapalign.worlds.shapes.pretrain import make_batch
 
         return make_batch(self.records, self.seed, step, self.batch_size)
 

@@ -12,7 +12,7 @@ from leapalign.cli import main
 from leapalign.metrics import read_metrics
 from leapalign.models.config import ModelConfig
 from leapalign.replay import ShapesReplay, build_replay, flow_matching_loss
-from leapalign.shapes.model import build_shapes_model
+from leapalign.worlds.shapes.model import build_shapes_model
 
 RUN = [
     "sampler.num_steps=4",

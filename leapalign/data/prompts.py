@@ -76,7 +76,7 @@ def shapes_prompts(split: str) -> list[str]:
     smaller categories are repeated until every category contributes the same number of entries; uniform
     sampling from the list then draws the categories uniformly.
     """
-    from leapalign.shapes.prompts import load_metadata
+    from leapalign.worlds.shapes.prompts import load_metadata
 
     by_cat: dict[str, list[str]] = {}
     for meta in load_metadata(split):

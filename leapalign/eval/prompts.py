@@ -37,8 +37,8 @@ class PromptSet:
 
     def is_shapes(self) -> bool:
         """Whether every entry is ShapesWorld GenEval-style metadata (so ShapesEval can judge the images)."""
-        from leapalign.shapes.prompts import CATEGORIES
-        from leapalign.shapes.scenes import SHAPES
+        from leapalign.worlds.shapes.prompts import CATEGORIES
+        from leapalign.worlds.shapes.scenes import SHAPES
 
         def ok(entry: dict) -> bool:
             objects = entry.get("include", []) + entry.get("exclude", [])
@@ -70,7 +70,7 @@ def load_prompt_set(source: str, limit: int | None = None) -> PromptSet:
         ValueError: Unknown source, missing file, malformed line or an empty set.
     """
     if source in ("shapes:eval", "shapes:train"):
-        from leapalign.shapes.prompts import load_metadata
+        from leapalign.worlds.shapes.prompts import load_metadata
 
         entries = [dict(m) for m in load_metadata(source.removeprefix("shapes:"))]
     elif source.startswith("builtin:"):

@@ -52,7 +52,7 @@ def summarize_run(run: EvalRun, embeds: dict[str, Callable[[Tensor], Tensor]] | 
         stats = summarize([rec["scores"][name] for rec in run.records], groups)
         out.update({f"{name}.{k}": v for k, v in stats.items()})
     if run.shapes:
-        from leapalign.shapes.prompts import CATEGORIES
+        from leapalign.worlds.shapes.prompts import CATEGORIES
 
         tags = [run.prompt_set.entries[rec["prompt_index"]]["tag"] for rec in run.records]
         acc = category_accuracy([float(rec["shapes_eval"]) for rec in run.records], tags, CATEGORIES)

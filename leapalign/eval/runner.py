@@ -160,7 +160,7 @@ def run_evaluation(
                 for rec, value in zip(records, scores.tolist(), strict=True):
                     rec["scores"][reward.name] = value
         if shapes:
-            from leapalign.shapes.evaluator import evaluate
+            from leapalign.worlds.shapes.evaluator import evaluate
 
             result = evaluate(images, [prompt_set.entries[i] for i, _ in chunk])
             for rec, ok in zip(records, result.correct, strict=True):

@@ -60,7 +60,7 @@ def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> FluxAda
     """
     model: FluxAdapter | SD3Adapter
     if cfg.name == "shapes":
-        from leapalign.shapes.model import build_shapes_model
+        from leapalign.worlds.shapes.model import build_shapes_model
 
         model = build_shapes_model(cfg)
     elif cfg.name == "tiny-flux":

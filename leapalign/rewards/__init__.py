@@ -79,7 +79,7 @@ def _hpsv3(**kwargs: Any) -> RewardFn:
 
 
 def _shapes_score(**kwargs: Any) -> RewardFn:
-    from leapalign.shapes.score import ShapesScore
+    from leapalign.worlds.shapes.score import ShapesScore
 
     return ShapesScore(**kwargs)
 

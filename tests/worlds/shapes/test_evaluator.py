@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from leapalign.shapes.evaluator import (
+from leapalign.worlds.shapes.evaluator import (
     Detection,
     ShapesEvalResult,
     check,
@@ -19,10 +19,10 @@ from leapalign.shapes.evaluator import (
     evaluate,
     relation_holds,
 )
-from leapalign.shapes.evaluator_figures import NOISE_KINDS, gaussian_noise, measure, noise_images, render_ground_truth
-from leapalign.shapes.negatives import KINDS, mismatch
-from leapalign.shapes.prompts import CATEGORIES, load_metadata
-from leapalign.shapes.scenes import Obj, Scene, render, scene_for
+from leapalign.worlds.shapes.evaluator_figures import NOISE_KINDS, gaussian_noise, measure, noise_images, render_ground_truth
+from leapalign.worlds.shapes.negatives import KINDS, mismatch
+from leapalign.worlds.shapes.prompts import CATEGORIES, load_metadata
+from leapalign.worlds.shapes.scenes import Obj, Scene, render, scene_for
 
 MIN_ACCURACY = {"clean": 0.99, "blur": 0.97, "noise": 0.97}
 MAX_ACCEPTANCE = {"clean": 0.02, "blur": 0.03, "noise": 0.03}

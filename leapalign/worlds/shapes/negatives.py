@@ -1,6 +1,6 @@
 """Mismatched prompts for ShapesWorld: a valid prompt that differs from a given one in exactly one attribute.
 
-:func:`mismatch` edits GenEval-style prompt metadata (see :mod:`leapalign.shapes.prompts`) and rewrites the
+:func:`mismatch` edits GenEval-style prompt metadata (see :mod:`leapalign.worlds.shapes.prompts`) and rewrites the
 prompt string by word substitution, so the phrasing of the original prompt is kept::
 
     "a photo of three circles"            --count-->    "a photo of two circles"
@@ -18,8 +18,8 @@ import copy
 import random
 import re
 
-from leapalign.shapes.prompts import NUMBERS
-from leapalign.shapes.scenes import COLORS, RELATIONS, SHAPES
+from leapalign.worlds.shapes.prompts import NUMBERS
+from leapalign.worlds.shapes.scenes import COLORS, RELATIONS, SHAPES
 
 KINDS: tuple[str, ...] = ("color", "count", "relation", "shape")
 

@@ -4,7 +4,7 @@ A small CLIP-style dual encoder. The image tower is a CNN that keeps a 4x4 spati
 (positions matter for relations); the text tower reads the MiniLM *token* embeddings through one transformer
 layer (MiniLM's pooled vector barely separates "left of" from "right of"). The score of an (image, prompt) pair
 is the cosine similarity of the two embeddings, in ``[-1, 1]``, as HPS returns. It is trained contrastively
-on rendered scenes with hard negative prompts (:mod:`leapalign.shapes.score_train`).
+on rendered scenes with hard negative prompts (:mod:`leapalign.worlds.shapes.score_train`).
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from leapalign.shapes.contrast import NEAR_MISS_KINDS, near_misses, parse_kinds
-from leapalign.shapes.scenes import COLORS, SHAPES
-from leapalign.shapes.segmenter import SceneSegmenter, SegmenterArch
-from leapalign.shapes.text import EMBED_DIM, MiniLMEncoder
-from leapalign.shapes.weights import WeightsDirectory
+from leapalign.worlds.shapes.contrast import NEAR_MISS_KINDS, near_misses, parse_kinds
+from leapalign.worlds.shapes.scenes import COLORS, SHAPES
+from leapalign.worlds.shapes.segmenter import SceneSegmenter, SegmenterArch
+from leapalign.worlds.shapes.text import EMBED_DIM, MiniLMEncoder
+from leapalign.worlds.shapes.weights import WeightsDirectory
 
 
 @dataclass
@@ -29,7 +29,7 @@ class ScoreArch:
     """Sizes of the ShapesScore dual encoder.
 
     ``backbone`` is what the image tower's CNN reads: ``"pixels"`` (low-passed RGB) or ``"segmenter"`` (the
-    per-pixel shape and colour probabilities of a frozen :class:`~leapalign.shapes.segmenter.SceneSegmenter` of
+    per-pixel shape and colour probabilities of a frozen :class:`~leapalign.worlds.shapes.segmenter.SceneSegmenter` of
     width ``segmenter_width``, as real rewards build on a pretrained vision backbone).
     """
 
@@ -170,11 +170,11 @@ class ShapesScore:
     it for training (``reward.terms.0.args.views=4``); evaluation uses the plain score (``views=0``).
 
     With ``negatives > 0`` the reward is *contrastive*: the probability, under the model's own temperature,
-    of the prompt among itself and up to ``negatives`` near misses (:func:`leapalign.shapes.contrast.near_misses`:
+    of the prompt among itself and up to ``negatives`` near misses (:func:`leapalign.worlds.shapes.contrast.near_misses`:
     one attribute changed, or two named objects collapsed into one shape or colour), in ``(0, 1)``. An image
     that pleases the plain score by resembling a near miss ("a square and a circle" drawn as two circles) then
     loses reward. Only shipped ShapesWorld prompts have near misses. ``near_miss_kinds`` keeps some kinds of edit
-    only (:func:`leapalign.shapes.contrast.parse_kinds`); a prompt without any near miss scores 1 and gives no
+    only (:func:`leapalign.worlds.shapes.contrast.parse_kinds`); a prompt without any near miss scores 1 and gives no
     gradient.
 
     Args:
@@ -184,7 +184,7 @@ class ShapesScore:
         max_shift: Largest shift of a view, in pixels (the same for the whole scene, so relations hold).
         negatives: Number of near-miss prompts of the contrastive form (0: the plain cosine score).
         near_miss_kinds: Which edits make the near misses (comma-separated or a list; default: all of
-            :data:`leapalign.shapes.contrast.NEAR_MISS_KINDS`).
+            :data:`leapalign.worlds.shapes.contrast.NEAR_MISS_KINDS`).
     """
 
     name = "shapes_score"

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from leapalign.shapes.prompts import CATEGORIES
-from leapalign.shapes.score import ShapesScoreModel, default_weights
-from leapalign.shapes.score_train import ScoreTrainer, category_probabilities, parse_category_weights, pgd_l2
+from leapalign.worlds.shapes.prompts import CATEGORIES
+from leapalign.worlds.shapes.score import ShapesScoreModel, default_weights
+from leapalign.worlds.shapes.score_train import ScoreTrainer, category_probabilities, parse_category_weights, pgd_l2
 
 
 def test_pgd_l2_stays_in_the_ball_and_the_image_range_and_raises_the_loss() -> None:
@@ -53,9 +53,9 @@ def test_bad_adversarial_settings_are_refused(tmp_path: Path) -> None:
 def test_hybrid_corruption_draws_a_shape_between_two_valid_ones() -> None:
     import numpy as np
 
-    from leapalign.shapes.evaluator import check
-    from leapalign.shapes.scenes import HYBRID_SHAPES, Obj, Scene, render
-    from leapalign.shapes.score_train import corrupt, scene_detections
+    from leapalign.worlds.shapes.evaluator import check
+    from leapalign.worlds.shapes.scenes import HYBRID_SHAPES, Obj, Scene, render
+    from leapalign.worlds.shapes.score_train import corrupt, scene_detections
 
     scene = Scene((Obj("square", "red", 10, 16, 12), Obj("triangle", "blue", 24, 16, 12)))
     meta = {
@@ -76,9 +76,9 @@ def test_hybrid_corruption_draws_a_shape_between_two_valid_ones() -> None:
 
 
 def test_segmenter_backbone_reads_a_frozen_segmenter_and_round_trips(tmp_path: Path) -> None:
-    from leapalign.shapes.scenes import COLORS, SHAPES
-    from leapalign.shapes.score import ScoreArch
-    from leapalign.shapes.segmenter import SceneSegmenter
+    from leapalign.worlds.shapes.scenes import COLORS, SHAPES
+    from leapalign.worlds.shapes.score import ScoreArch
+    from leapalign.worlds.shapes.segmenter import SceneSegmenter
 
     torch.manual_seed(0)
     SceneSegmenter().save(tmp_path / "seg", {"note": "test"})

@@ -9,7 +9,7 @@ object ``class`` is a shape::
 Held-out prompts are combinations never seen in training: held-out (count, shape), (colour, shape),
 (shape, relation, shape) and (colour, shape, colour, shape) combinations, plus held-out phrasings for the
 single- and two-object categories, which have too few combinations to hold any out. The split is fixed by a
-seed and shipped as JSONL files (:func:`write_prompt_files`; ``python -m leapalign.shapes.prompts``).
+seed and shipped as JSONL files (:func:`write_prompt_files`; ``python -m leapalign.worlds.shapes.prompts``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import json
 import random
 from pathlib import Path
 
-from leapalign.shapes.scenes import COLORS, RELATIONS, SHAPES
+from leapalign.worlds.shapes.scenes import COLORS, RELATIONS, SHAPES
 
 CATEGORIES: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 NUMBERS = {1: "one", 2: "two", 3: "three", 4: "four"}

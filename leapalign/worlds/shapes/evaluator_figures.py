@@ -1,7 +1,7 @@
 """Reproducible figures of ShapesEval: accuracy on ground-truth renders (clean, blurred, noisy), acceptance of
 mismatched prompts and of pure-noise images.
 
-    python -c "from leapalign.shapes.evaluator_figures import measure; print(measure())"
+    python -c "from leapalign.worlds.shapes.evaluator_figures import measure; print(measure())"
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from leapalign.shapes.evaluator import _PROTOS, Detection, check, evaluate
-from leapalign.shapes.negatives import KINDS, mismatch
-from leapalign.shapes.prompts import load_metadata
-from leapalign.shapes.scenes import CANVAS, render, scene_for
+from leapalign.worlds.shapes.evaluator import _PROTOS, Detection, check, evaluate
+from leapalign.worlds.shapes.negatives import KINDS, mismatch
+from leapalign.worlds.shapes.prompts import load_metadata
+from leapalign.worlds.shapes.scenes import CANVAS, render, scene_for
 
 
 def gaussian_blur(images: np.ndarray, sigma: float) -> np.ndarray:
@@ -96,7 +96,7 @@ def mismatch_acceptance(
         seed: Seed of the mismatch choices (image ``i`` and kind ``j`` use ``seed, i, j``).
 
     Returns:
-        Per kind in :data:`~leapalign.shapes.negatives.KINDS`: (acceptance rate, number of applicable images).
+        Per kind in :data:`~leapalign.worlds.shapes.negatives.KINDS`: (acceptance rate, number of applicable images).
     """
     out: dict[str, tuple[float, int]] = {}
     for j, kind in enumerate(KINDS):

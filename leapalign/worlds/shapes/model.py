@@ -16,7 +16,7 @@ from diffusers import FluxTransformer2DModel
 
 from leapalign.models.config import ModelConfig
 from leapalign.models.flux import FluxAdapter
-from leapalign.shapes.text import EMBED_DIM, MiniLMEncoder
+from leapalign.worlds.shapes.text import EMBED_DIM, MiniLMEncoder
 
 PIXEL_FOLD = 2  # space-to-depth factor: tokens are 2 * PIXEL_FOLD pixels wide
 RESOLUTION = 32

@@ -2,7 +2,7 @@
 
 Write or refresh both cards (this evaluates the base model on the held-out prompts, a few minutes on CPU)::
 
-    python -m leapalign.shapes.cards --pretrain-run runs/shapes-pretrain
+    python -m leapalign.worlds.shapes.cards --pretrain-run runs/shapes-pretrain
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ def base_card(state: dict[str, Any], metrics: dict[str, Any], params: int) -> st
         f"| {k.removeprefix('shapes_eval.')} | {v:.3f} |" for k, v in metrics.items() if k.startswith("shapes_eval.")
     )
     command = (
-        f"python -m leapalign.shapes.pretrain --out runs/shapes-pretrain --steps {state['step']} "
-        "--export leapalign/shapes/assets/base"
+        f"python -m leapalign.worlds.shapes.pretrain --out runs/shapes-pretrain --steps {state['step']} "
+        "--export leapalign/worlds/shapes/assets/base"
     )
     recipe = (
         f"Seed {state['seed']}, batch {state['batch']}, AdamW lr {state['lr']} (warm-up {state['warmup']} steps), "
@@ -92,8 +92,8 @@ def main() -> None:
     from leapalign.evaluation import EvalConfig, evaluate_model
     from leapalign.models import build_model
     from leapalign.models.config import ModelConfig
-    from leapalign.shapes.model import base_weights
-    from leapalign.shapes.score import default_weights
+    from leapalign.worlds.shapes.model import base_weights
+    from leapalign.worlds.shapes.score import default_weights
 
     score_dir = default_weights()
     (score_dir / "README.md").write_text(score_card(json.loads((score_dir / "config.json").read_text())))

@@ -6,7 +6,7 @@ score (the mean over the categories present, as GenEval does).
 
 Detection, for a ``(3, H, W)`` image in ``[0, 1]`` on a black background:
 
-1. Each pixel gets the nearest of the six :data:`~leapalign.shapes.scenes.COLORS` by direction in RGB and a
+1. Each pixel gets the nearest of the six :data:`~leapalign.worlds.shapes.scenes.COLORS` by direction in RGB and a
    *coverage*, its projection on that colour (1 inside an object, fractional on anti-aliased edges). Pixels
    with coverage >= 0.5 and some chroma are foreground, so a mask approximates its shape's true outline.
 2. Foreground is split into 8-connected components; stray pixels of a minority colour inside a component are
@@ -20,9 +20,9 @@ Detection, for a ``(3, H, W)`` image in ``[0, 1]`` on a black background:
    stands out from its surroundings, is not compact, or whose moments are far from its shape's, gets the shape
    ``unknown`` (it matches no class); so does every component of an image whose background is not black.
 
-Run ``python -c "from leapalign.shapes.evaluator_figures import measure; print(measure())"`` for the accuracy on
+Run ``python -c "from leapalign.worlds.shapes.evaluator_figures import measure; print(measure())"`` for the accuracy on
 ground-truth renders of the held-out prompts, clean, blurred and noisy, the acceptance rate of mismatched
-prompts (:mod:`leapalign.shapes.negatives`) and that of pure noise (:func:`garbage_acceptance`).
+prompts (:mod:`leapalign.worlds.shapes.negatives`) and that of pure noise (:func:`garbage_acceptance`).
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from leapalign.shapes.prompts import CATEGORIES
-from leapalign.shapes.scenes import COLORS
+from leapalign.worlds.shapes.prompts import CATEGORIES
+from leapalign.worlds.shapes.scenes import COLORS
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class Detection:
 
     Attributes:
         shape: ``circle``, ``square``, ``triangle``, or ``unknown`` for a component that is not an object.
-        color: One of :data:`~leapalign.shapes.scenes.COLORS`.
+        color: One of :data:`~leapalign.worlds.shapes.scenes.COLORS`.
         cx: Centroid x in pixels, in the renderer's continuous coordinates (pixel ``i`` spans ``[i, i + 1]``).
         cy: Centroid y in pixels (downwards).
         area: Number of foreground pixels.
@@ -99,7 +99,7 @@ class ShapesEvalResult:
     Attributes:
         correct: Per-image correctness, in input order.
         tags: Per-image category (the metadata's ``tag``).
-        by_category: Accuracy per category present, in :data:`~leapalign.shapes.prompts.CATEGORIES` order.
+        by_category: Accuracy per category present, in :data:`~leapalign.worlds.shapes.prompts.CATEGORIES` order.
         overall: Mean of ``by_category`` over the categories present (GenEval's overall score).
         detections: Per-image detections.
     """

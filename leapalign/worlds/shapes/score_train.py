@@ -2,13 +2,13 @@
 
 Reproduce the shipped weights::
 
-    python -m leapalign.shapes.score_train --out leapalign/shapes/assets/shapes_score
+    python -m leapalign.worlds.shapes.score_train --out leapalign/worlds/shapes/assets/shapes_score
 
 Each step renders a batch of training scenes (category-uniform prompts, random blur and noise so the reward
 stays meaningful on imperfect generated images) and optimises a symmetric contrastive loss. Negatives are the
 other prompts of the batch that the scene does *not* satisfy (exactly, by the GenEval rules applied to the
 scene's ground-truth objects, so "a circle" is never a negative for a red circle) plus hard negatives that
-differ in one colour, count, relation or shape (:func:`leapalign.shapes.negatives.mismatch`). On the image
+differ in one colour, count, relation or shape (:func:`leapalign.worlds.shapes.negatives.mismatch`). On the image
 side, a corrupted copy of each scene (:func:`corrupt`: an object washed out to white or grey, turned into a
 blob, deleted or duplicated) must score below the true scene for the true prompt whenever the GenEval rules
 on its ground-truth objects say it no longer satisfies it.
@@ -31,11 +31,11 @@ from scipy.ndimage import gaussian_filter
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from leapalign.shapes.evaluator import Detection, check
-from leapalign.shapes.negatives import KINDS, mismatch
-from leapalign.shapes.preferences import Preferences
-from leapalign.shapes.prompts import CATEGORIES, load_metadata
-from leapalign.shapes.scenes import (
+from leapalign.worlds.shapes.evaluator import Detection, check
+from leapalign.worlds.shapes.negatives import KINDS, mismatch
+from leapalign.worlds.shapes.preferences import Preferences
+from leapalign.worlds.shapes.prompts import CATEGORIES, load_metadata
+from leapalign.worlds.shapes.scenes import (
     COLORS,
     HYBRID_SHAPES,
     NUISANCE_COLORS,
@@ -47,9 +47,9 @@ from leapalign.shapes.scenes import (
     render,
     scene_for,
 )
-from leapalign.shapes.score import ScoreArch, ShapesScore, ShapesScoreModel
-from leapalign.shapes.segmenter import SceneSegmenter
-from leapalign.shapes.text import MiniLMEncoder
+from leapalign.worlds.shapes.score import ScoreArch, ShapesScore, ShapesScoreModel
+from leapalign.worlds.shapes.segmenter import SceneSegmenter
+from leapalign.worlds.shapes.text import MiniLMEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -403,7 +403,7 @@ def measure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Train ShapesScore")
-    parser.add_argument("--out", type=Path, default=Path("leapalign/shapes/assets/shapes_score"))
+    parser.add_argument("--out", type=Path, default=Path("leapalign/worlds/shapes/assets/shapes_score"))
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
@@ -424,7 +424,7 @@ def main() -> None:
         type=Path,
         nargs="+",
         default=None,
-        help="preference files of generated images judged by the annotator (python -m leapalign.shapes.preferences)",
+        help="preference files of generated images judged by the annotator (python -m leapalign.worlds.shapes.preferences)",
     )
     parser.add_argument("--pref-pairs", type=int, default=64, help="(accepted, rejected) pairs per step")
     parser.add_argument("--pref-weight", type=float, default=1.0, help="weight of the pairwise preference loss")
@@ -459,7 +459,7 @@ def main() -> None:
     trainer.model.eval()
     metrics = measure(trainer.model, trainer.reward, corruptions=corruptions)
     card = {
-        "command": f"python -m leapalign.shapes.score_train --out {args.out} --steps {args.steps} "
+        "command": f"python -m leapalign.worlds.shapes.score_train --out {args.out} --steps {args.steps} "
         f"--batch {args.batch} --seed {args.seed} --wrong-per-scene {args.wrong_per_scene} "
         f"--corruptions {','.join(corruptions)} --lr {args.lr}"
         + (f" --init {args.init}" if args.init else "")

@@ -5,14 +5,14 @@ detector of its own. ShapesWorld mirrors that split. ShapesEval (rule-based colo
 stays the evaluator and is never used for training. The annotator plays the human: a small U-Net trained only on
 rendered scenes and their ground-truth pixel labels, which gives every pixel a shape (or background) and a
 colour. Its objects (connected components of one colour, with their majority shape) are checked against a
-prompt by the same GenEval rules as a scene's ground truth (:func:`~leapalign.shapes.evaluator.check`), so it
+prompt by the same GenEval rules as a scene's ground truth (:func:`~leapalign.worlds.shapes.evaluator.check`), so it
 can say whether a generated image shows its prompt. It errs differently from ShapesEval (it is learned;
 ShapesEval decides shapes by geometric moments); how often the two agree on generated images is measured,
 never optimised (:func:`agreement`).
 
 Train it (about 10 minutes on one core)::
 
-    python -m leapalign.shapes.annotator --out runs/annotator
+    python -m leapalign.worlds.shapes.annotator --out runs/annotator
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor
 
-from leapalign.shapes.evaluator import Detection, check
-from leapalign.shapes.prompts import CATEGORIES, load_metadata
-from leapalign.shapes.scenes import COLORS, SHAPES, Scene, _mask, render, scene_for
-from leapalign.shapes.score_train import CORRUPTIONS, augment, corrupt, fit, scene_detections
-from leapalign.shapes.segmenter import SceneSegmenter, SegmenterArch
+from leapalign.worlds.shapes.evaluator import Detection, check
+from leapalign.worlds.shapes.prompts import CATEGORIES, load_metadata
+from leapalign.worlds.shapes.scenes import COLORS, SHAPES, Scene, _mask, render, scene_for
+from leapalign.worlds.shapes.score_train import CORRUPTIONS, augment, corrupt, fit, scene_detections
+from leapalign.worlds.shapes.segmenter import SceneSegmenter, SegmenterArch
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def pixel_targets(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
 @torch.no_grad()
 def parse(segmenter: SceneSegmenter, images: Tensor, batch_size: int = 256) -> list[list[Detection]]:
     """The annotator's reading of ``(N, 3, H, W)`` images as detections, for
-    :func:`~leapalign.shapes.evaluator.check`: foreground pixels grouped by their predicted colour into
+    :func:`~leapalign.worlds.shapes.evaluator.check`: foreground pixels grouped by their predicted colour into
     8-connected components of at least :data:`MIN_PIXELS`, each with its pixels' majority shape, its pixel
     count as area and its pixel centroid."""
     out: list[list[Detection]] = []
@@ -94,7 +94,7 @@ def annotate(segmenter: SceneSegmenter, images: Tensor, metadata: Sequence[dict]
 def agreement(segmenter: SceneSegmenter, images: Tensor, metadata: Sequence[dict]) -> dict[str, dict[str, float]]:
     """How often the annotator and ShapesEval give an image the same verdict, per category and overall
     (a measurement of the annotator, never a training signal)."""
-    from leapalign.shapes.evaluator import detect_batch
+    from leapalign.worlds.shapes.evaluator import detect_batch
 
     ours = annotate(segmenter, images, metadata)
     truth = np.array([check(m, d) for m, d in zip(metadata, detect_batch(images), strict=True)])
@@ -202,7 +202,7 @@ def main() -> None:
     trainer.model.eval()
     metrics = heldout_accuracy(trainer.model)
     card = {
-        "command": f"python -m leapalign.shapes.annotator --out {args.out} --steps {args.steps} "
+        "command": f"python -m leapalign.worlds.shapes.annotator --out {args.out} --steps {args.steps} "
         f"--batch {args.batch} --lr {args.lr} --seed {args.seed} --corruptions {','.join(corruptions)}",
         "train_seconds": round(elapsed, 1),
         "final_loss": final_loss,

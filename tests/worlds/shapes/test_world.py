@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from leapalign.data import load_prompts
-from leapalign.shapes.prompts import CATEGORIES, build_prompt_sets, load_metadata, prompts_dir
-from leapalign.shapes.scenes import COLORS, RELATIONS, SHAPES, Obj, Scene, render, scene_for
+from leapalign.worlds.shapes.prompts import CATEGORIES, build_prompt_sets, load_metadata, prompts_dir
+from leapalign.worlds.shapes.scenes import COLORS, RELATIONS, SHAPES, Obj, Scene, render, scene_for
 
 
 def test_render_is_deterministic_and_in_range() -> None:
@@ -87,7 +87,7 @@ def test_category_balanced_prompt_loader() -> None:
 def test_pixel_space_adapter_round_trip_and_layout() -> None:
     import torch
 
-    from leapalign.shapes.model import ShapesArch, shapes_adapter
+    from leapalign.worlds.shapes.model import ShapesArch, shapes_adapter
 
     model = shapes_adapter(ShapesArch().build(), guidance_scale=3.0)
     assert model.latent_shape(32, 32) == (8, 8, 48) and model.resolutions_multiple == 4

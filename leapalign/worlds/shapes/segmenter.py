@@ -1,7 +1,7 @@
 """The scene segmenter: a small U-Net that labels every pixel of a 32x32 scene with a shape and a colour.
 
-Trained on renders by :mod:`leapalign.shapes.annotator` (which turns its labels into objects and verdicts) and
-used, frozen, as the perceptual backbone of the segmenter form of ShapesScore (:mod:`leapalign.shapes.score`).
+Trained on renders by :mod:`leapalign.worlds.shapes.annotator` (which turns its labels into objects and verdicts) and
+used, frozen, as the perceptual backbone of the segmenter form of ShapesScore (:mod:`leapalign.worlds.shapes.score`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from leapalign.shapes.scenes import COLORS, SHAPES
-from leapalign.shapes.weights import WeightsDirectory
+from leapalign.worlds.shapes.scenes import COLORS, SHAPES
+from leapalign.worlds.shapes.weights import WeightsDirectory
 
 
 @dataclass
@@ -37,7 +37,7 @@ class SceneSegmenter(WeightsDirectory, nn.Module):
 
     arch_cls = SegmenterArch
     what = "annotator"
-    how = "; train one with `python -m leapalign.shapes.annotator --out DIR`"
+    how = "; train one with `python -m leapalign.worlds.shapes.annotator --out DIR`"
 
     def __init__(self, arch: SegmenterArch | None = None) -> None:
         super().__init__()

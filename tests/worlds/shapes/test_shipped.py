@@ -11,9 +11,9 @@ import torch
 from leapalign.cli import main
 from leapalign.models import build_model
 from leapalign.models.config import ModelConfig
-from leapalign.shapes.model import base_weights
-from leapalign.shapes.score import ShapesScore, ShapesScoreModel, default_weights
-from leapalign.shapes.score_train import measure
+from leapalign.worlds.shapes.model import base_weights
+from leapalign.worlds.shapes.score import ShapesScore, ShapesScoreModel, default_weights
+from leapalign.worlds.shapes.score_train import measure
 
 MARGIN = 0.05  # allowed shortfall against the card (different seeds than the card's measurement)
 
@@ -115,7 +115,7 @@ def test_eval_command_writes_the_shapes_metrics(tmp_path: Path) -> None:
     assert metrics["num_images"] == 96 and (out / "samples.png").is_file()
 
     # The reward audit reads the same folder: every image with the metadata of its prompt.
-    from leapalign.shapes.score_audit import audit, eval_folder_samples
+    from leapalign.worlds.shapes.score_audit import audit, eval_folder_samples
 
     images, metadata = eval_folder_samples(out)
     assert images.shape == (96, 3, 32, 32) and len(metadata) == 96
@@ -129,7 +129,7 @@ def test_eval_command_writes_the_shapes_metrics(tmp_path: Path) -> None:
 
 
 def test_shapes_score_views_average_perturbed_copies_and_pass_gradients() -> None:
-    from leapalign.shapes.score import perturb
+    from leapalign.worlds.shapes.score import perturb
 
     images = torch.zeros(3, 3, 32, 32)
     images[:, 0, 10:20, 10:20] = 1.0  # a red square

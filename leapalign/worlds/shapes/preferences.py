@@ -4,18 +4,18 @@ HPS learns from people's judgements of images that generators drew; ShapesScore 
 only, and every policy trained on it found images it over-scores. This module draws the images a reward must
 judge (the base model's and, for a second round as in iterated RLHF, those of policies that hacked the
 previous reward) on the *training* prompts, and labels each with the annotator
-(:mod:`leapalign.shapes.annotator`). ``score_train --preferences`` then asks the reward to score, for the same
+(:mod:`leapalign.worlds.shapes.annotator`). ``score_train --preferences`` then asks the reward to score, for the same
 prompt, the images the annotator accepts above those it rejects. ShapesEval and the held-out prompts are never
 used.
 
 Collect (one source per ``--source``: ``base``, or a training run / checkpoint folder)::
 
-    python -m leapalign.shapes.preferences --annotator runs/annotator --out runs/prefs/base.safetensors \\
+    python -m leapalign.worlds.shapes.preferences --annotator runs/annotator --out runs/prefs/base.safetensors \\
         --source base --images-per-prompt 4
 
 Re-judge the images of an existing file with another annotator (nothing is resampled)::
 
-    python -m leapalign.shapes.preferences --annotator runs/annotator_hybrid --relabel runs/prefs/base.safetensors \\
+    python -m leapalign.worlds.shapes.preferences --annotator runs/annotator_hybrid --relabel runs/prefs/base.safetensors \\
         --out runs/prefs/base_hybrid.safetensors
 
 The file holds ``images`` (uint8, ``(N, 3, 32, 32)``), ``prompt_index`` and ``accepted`` (``(N,)``), with the
@@ -36,7 +36,7 @@ import torch
 from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor
 
-from leapalign.shapes.prompts import load_metadata
+from leapalign.worlds.shapes.prompts import load_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.out.suffix != ".safetensors":
         raise SystemExit(f"--out {args.out}: give a .safetensors file name.")
-    from leapalign.shapes.annotator import SceneSegmenter, annotate  # imports score_train, which imports this module
+    from leapalign.worlds.shapes.annotator import SceneSegmenter, annotate  # imports score_train, which imports this module
 
     metadata = load_metadata("train")
     start = time.perf_counter()

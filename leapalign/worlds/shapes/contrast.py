@@ -4,11 +4,11 @@ A dual-encoder reward scores an image against one prompt; a generator can raise 
 *closer to a near miss* of the prompt ("a square and a circle" drawn as two circles still shares most features
 with the prompt). Scoring the prompt against its near misses, as CLIP does in zero-shot classification, removes
 that loophole: the contrastive reward is the probability the reward model gives the prompt among the prompt and
-its near misses (:class:`leapalign.shapes.score.ShapesScore` with ``negatives > 0``).
+its near misses (:class:`leapalign.worlds.shapes.score.ShapesScore` with ``negatives > 0``).
 
 The near misses are text edits of the prompt's own metadata, never a look at an image:
 
-- one attribute changed (:func:`leapalign.shapes.negatives.mismatch`: a colour, a count, a relation, a shape);
+- one attribute changed (:func:`leapalign.worlds.shapes.negatives.mismatch`: a colour, a count, a relation, a shape);
 - for prompts that name two objects, the *collapse* edits: both objects given the first one's shape or the
   second one's shape, or (with colours) the same colour, the mistakes of a generator that merges the two.
 
@@ -25,11 +25,11 @@ import re
 from collections.abc import Sequence
 from functools import cache
 
-from leapalign.shapes.negatives import KINDS, _fix_articles, mismatch
-from leapalign.shapes.prompts import load_metadata
+from leapalign.worlds.shapes.negatives import KINDS, _fix_articles, mismatch
+from leapalign.worlds.shapes.prompts import load_metadata
 
 NEAR_MISS_KINDS: tuple[str, ...] = (*KINDS, "collapse")
-"""Edits a near miss can make: one attribute (:data:`leapalign.shapes.negatives.KINDS`) or a collapse."""
+"""Edits a near miss can make: one attribute (:data:`leapalign.worlds.shapes.negatives.KINDS`) or a collapse."""
 
 
 def parse_kinds(kinds: str | Sequence[str] | None) -> tuple[str, ...]:

@@ -1,6 +1,6 @@
 """How well ShapesScore agrees with ShapesEval on *generated* images (a reward audit, never a training signal).
 
-Ranking accuracy on clean renders (:func:`leapalign.shapes.score_train.measure`) says little about the images a
+Ranking accuracy on clean renders (:func:`leapalign.worlds.shapes.score_train.measure`) says little about the images a
 policy produces. This audit samples the base model on the held-out prompts and asks, per GenEval category,
 whether the reward scores the images ShapesEval accepts above the ones it rejects: the ROC AUC of the reward
 as a detector of correct images (0.5: the reward cannot tell them apart). A reward with a low AUC in a category
@@ -8,9 +8,9 @@ is one a fine-tuned policy can raise there without getting the image right.
 
 Run::
 
-    python -m leapalign.shapes.score_audit --weights leapalign/shapes/assets/shapes_score --out audit.json
-    python -m leapalign.shapes.score_audit --weights leapalign/shapes/assets/shapes_score --negatives 0 8
-    python -m leapalign.shapes.score_audit --weights W1 W2 --images runs/x/eval runs/y/eval   # any model's samples
+    python -m leapalign.worlds.shapes.score_audit --weights leapalign/worlds/shapes/assets/shapes_score --out audit.json
+    python -m leapalign.worlds.shapes.score_audit --weights leapalign/worlds/shapes/assets/shapes_score --negatives 0 8
+    python -m leapalign.worlds.shapes.score_audit --weights W1 W2 --images runs/x/eval runs/y/eval   # any model's samples
 
 ``--images`` reads the PNGs of finished ``leapalign eval`` folders on the ShapesWorld prompts instead of sampling
 the base model, so a reward can be audited on the images a fine-tuned (possibly reward-hacking) policy draws.
@@ -32,7 +32,7 @@ import torch
 from scipy.stats import rankdata
 from torch import Tensor
 
-from leapalign.shapes.evaluator import check, detect_batch
+from leapalign.worlds.shapes.evaluator import check, detect_batch
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default: print only)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from leapalign.shapes.score import ShapesScore
+    from leapalign.worlds.shapes.score import ShapesScore
 
     sources = (
         {str(f): eval_folder_samples(f) for f in args.images}

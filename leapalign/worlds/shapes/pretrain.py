@@ -2,7 +2,7 @@
 
 Reproduce the shipped weights with one command (resumable: stop it and run it again to continue)::
 
-    python -m leapalign.shapes.pretrain --out runs/shapes-pretrain --steps 24000 --export leapalign/shapes/assets/base
+    python -m leapalign.worlds.shapes.pretrain --out runs/shapes-pretrain --steps 24000 --export leapalign/worlds/shapes/assets/base
 
 Data are rendered on the fly. Every random draw of step ``s`` (prompts, scenes, noise, sigmas, prompt
 dropout) comes from generators seeded with ``(seed, s)``, so a resumed run continues exactly where it stopped
@@ -27,9 +27,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from leapalign.flow import interpolate, velocity_target
-from leapalign.shapes.model import RESOLUTION, ShapesArch, shapes_adapter
-from leapalign.shapes.prompts import CATEGORIES, load_metadata
-from leapalign.shapes.scenes import render, scene_for
+from leapalign.worlds.shapes.model import RESOLUTION, ShapesArch, shapes_adapter
+from leapalign.worlds.shapes.prompts import CATEGORIES, load_metadata
+from leapalign.worlds.shapes.scenes import render, scene_for
 
 logger = logging.getLogger(__name__)
 

@@ -157,7 +157,7 @@ def _related_centres(
 
 
 def scene_for(metadata: dict, rng: np.random.Generator, canvas: int = CANVAS) -> Scene:
-    """Draws a scene that satisfies GenEval-style prompt metadata (see :mod:`leapalign.shapes.prompts`).
+    """Draws a scene that satisfies GenEval-style prompt metadata (see :mod:`leapalign.worlds.shapes.prompts`).
 
     Each ``include`` entry contributes ``count`` objects of its ``class``, in its ``color`` or, without one, in a
     colour drawn at random (shared by the entry's objects). A ``position: [relation, index]`` entry is placed

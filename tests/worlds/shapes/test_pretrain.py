@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from leapalign.shapes.pretrain import Pretrainer
+from leapalign.worlds.shapes.pretrain import Pretrainer
 
 
 def test_pretraining_resumes_exactly_and_exports(tmp_path: Path) -> None:
@@ -23,7 +23,7 @@ def test_pretraining_resumes_exactly_and_exports(tmp_path: Path) -> None:
         a[next(iter(a))], Pretrainer(tmp_path / "c", batch=4).transformer.state_dict()[next(iter(a))]
     )
 
-    from leapalign.shapes.model import load_base_transformer
+    from leapalign.worlds.shapes.model import load_base_transformer
 
     straight.export(tmp_path / "export")
     loaded = load_base_transformer(tmp_path / "export").state_dict()

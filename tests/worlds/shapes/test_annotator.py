@@ -9,12 +9,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from leapalign.shapes.annotator import AnnotatorTrainer, SceneSegmenter, annotate, parse, pixel_targets
-from leapalign.shapes.evaluator import check
-from leapalign.shapes.preferences import Preferences
-from leapalign.shapes.scenes import COLORS, SHAPES, Obj, Scene
-from leapalign.shapes.score import default_weights
-from leapalign.shapes.score_train import ScoreTrainer
+from leapalign.worlds.shapes.annotator import AnnotatorTrainer, SceneSegmenter, annotate, parse, pixel_targets
+from leapalign.worlds.shapes.evaluator import check
+from leapalign.worlds.shapes.preferences import Preferences
+from leapalign.worlds.shapes.scenes import COLORS, SHAPES, Obj, Scene
+from leapalign.worlds.shapes.score import default_weights
+from leapalign.worlds.shapes.score_train import ScoreTrainer
 
 RED, BLUE = list(COLORS).index("red"), list(COLORS).index("blue")
 
@@ -136,7 +136,7 @@ def test_annotator_can_learn_hybrid_shapes_as_background() -> None:
 
 
 def test_relabel_judges_stored_images_again_without_sampling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from leapalign.shapes import preferences
+    from leapalign.worlds.shapes import preferences
 
     SceneSegmenter().save(tmp_path / "ann", {"note": "untrained"})
     _write_prefs(tmp_path / "old.safetensors", [0, 0, 5], [True, True, True])
@@ -152,7 +152,7 @@ def test_relabel_judges_stored_images_again_without_sampling(tmp_path: Path, mon
         judged.append([m["prompt"] for m in metas])
         return np.array([False, True, False])
 
-    monkeypatch.setattr("leapalign.shapes.annotator.annotate", fake_annotate)
+    monkeypatch.setattr("leapalign.worlds.shapes.annotator.annotate", fake_annotate)
     argv = ["prefs", "--annotator", str(tmp_path / "ann"), "--relabel", str(tmp_path / "old.safetensors")]
     monkeypatch.setattr("sys.argv", [*argv, "--out", str(tmp_path / "new.safetensors")])
     preferences.main()

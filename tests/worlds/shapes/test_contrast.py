@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from leapalign.shapes.contrast import NEAR_MISS_KINDS, metadata_of, near_misses, parse_kinds
-from leapalign.shapes.evaluator import check
-from leapalign.shapes.prompts import load_metadata
-from leapalign.shapes.scenes import render, scene_for
-from leapalign.shapes.score import ShapesScore
-from leapalign.shapes.score_train import scene_detections
+from leapalign.worlds.shapes.contrast import NEAR_MISS_KINDS, metadata_of, near_misses, parse_kinds
+from leapalign.worlds.shapes.evaluator import check
+from leapalign.worlds.shapes.prompts import load_metadata
+from leapalign.worlds.shapes.scenes import render, scene_for
+from leapalign.worlds.shapes.score import ShapesScore
+from leapalign.worlds.shapes.score_train import scene_detections
 
 
 def test_near_misses_are_distinct_valid_prompts_that_a_true_scene_fails() -> None:
