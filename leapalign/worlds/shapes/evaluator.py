@@ -20,9 +20,10 @@ Detection, for a ``(3, H, W)`` image in ``[0, 1]`` on a black background:
    stands out from its surroundings, is not compact, or whose moments are far from its shape's, gets the shape
    ``unknown`` (it matches no class); so does every component of an image whose background is not black.
 
-Run ``python -c "from leapalign.worlds.shapes.evaluator_figures import measure; print(measure())"`` for the accuracy on
+``python -m research.shapesworld.evaluator_figures`` (from a checkout of the repository) measures the accuracy on
 ground-truth renders of the held-out prompts, clean, blurred and noisy, the acceptance rate of mismatched
-prompts (:mod:`leapalign.worlds.shapes.negatives`) and that of pure noise (:func:`garbage_acceptance`).
+prompts (:mod:`leapalign.worlds.shapes.negatives`) and that of pure noise
+(``research/shapesworld/results/shapes_eval_figures.json``).
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ prompt string by word substitution, so the phrasing of the original prompt is ke
     "a drawing of a triangle"             --shape-->    "a drawing of a square"
 
 Mismatches serve as near-miss negatives: the evaluator must reject them on a render of the original prompt
-(``tests/shapes/test_evaluator.py``), and a contrastive reward can train on them as hard negatives.
+(``tests/worlds/shapes/test_evaluator.py``), and ShapesScore trains on them as hard negatives
+(:mod:`leapalign.worlds.shapes.score_train`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Reproduce the shipped weights with one command (resumable: stop it and run it again to continue)::
 
-    python -m leapalign.worlds.shapes.pretrain --out runs/shapes-pretrain --steps 24000 --export leapalign/worlds/shapes/assets/base
+    python -m leapalign.worlds.shapes.pretrain --out runs/shapes-pretrain --steps 24000 \\
+        --export leapalign/worlds/shapes/assets/base
 
 Data are rendered on the fly. Every random draw of step ``s`` (prompts, scenes, noise, sigmas, prompt
 dropout) comes from generators seeded with ``(seed, s)``, so a resumed run continues exactly where it stopped

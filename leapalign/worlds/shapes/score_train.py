@@ -1,8 +1,9 @@
 """Training and held-out measurement of ShapesScore.
 
-Reproduce the shipped weights::
+Reproduce the shipped weights (the command in their ``config.json``; about 10 minutes on two CPU cores)::
 
-    python -m leapalign.worlds.shapes.score_train --out leapalign/worlds/shapes/assets/shapes_score
+    python -m leapalign.worlds.shapes.score_train --out leapalign/worlds/shapes/assets/shapes_score \\
+        --steps 2000 --batch 64 --seed 0
 
 Each step renders a batch of training scenes (category-uniform prompts, random blur and noise so the reward
 stays meaningful on imperfect generated images) and optimises a symmetric contrastive loss. Negatives are the
@@ -12,6 +13,10 @@ differ in one colour, count, relation or shape (:func:`leapalign.worlds.shapes.n
 side, a corrupted copy of each scene (:func:`corrupt`: an object washed out to white or grey, turned into a
 blob, deleted or duplicated) must score below the true scene for the true prompt whenever the GenEval rules
 on its ground-truth objects say it no longer satisfies it.
+
+The research options (fine-tuning given weights, adversarial training, preference pairs judged by a learned
+annotator, a frozen segmenter backbone, skewed prompt categories) extend :class:`ScoreTrainer` outside the
+package: ``python -m research.shapesworld.score_research`` from a checkout of the repository.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +39,6 @@ from tqdm.auto import tqdm
 
 from leapalign.worlds.shapes.evaluator import Detection, check
 from leapalign.worlds.shapes.negatives import KINDS, mismatch
-from leapalign.worlds.shapes.preferences import Preferences
 from leapalign.worlds.shapes.prompts import CATEGORIES, load_metadata
 from leapalign.worlds.shapes.scenes import (
     COLORS,
@@ -48,7 +53,6 @@ from leapalign.worlds.shapes.scenes import (
     scene_for,
 )
 from leapalign.worlds.shapes.score import ScoreArch, ShapesScore, ShapesScoreModel
-from leapalign.worlds.shapes.segmenter import SceneSegmenter
 from leapalign.worlds.shapes.text import MiniLMEncoder
 
 logger = logging.getLogger(__name__)
@@ -141,8 +145,24 @@ def corrupt(scene: Scene, rng: np.random.Generator, kinds: tuple[str, ...] = DEF
     return Scene(tuple(objs), scene.canvas), kind
 
 
+@dataclass
+class TrainBatch:
+    """One step's rendered batch, as :meth:`ScoreTrainer.contrastive_loss` reads it."""
+
+    images: Tensor  # (B, 3, 32, 32): augmented renders of B training prompts
+    wrong: Tensor  # (B * wrong_per_scene, 3, 32, 32): augmented renders of corrupted scenes
+    usable: Tensor  # (B * wrong_per_scene,): the corrupted scene no longer satisfies its prompt
+    texts: Tensor  # (B + H, D): text embeddings of the B prompts, then of the H hard negatives
+    satisfied: Tensor  # (B, B): scene i satisfies prompt j != i (then j is no negative for i)
+    owner: Tensor  # (H,): the scene each hard negative belongs to
+
+
 class ScoreTrainer:
-    """Contrastive training of :class:`ShapesScoreModel` on rendered scenes."""
+    """Contrastive training of :class:`ShapesScoreModel` on rendered scenes.
+
+    Subclasses may build another model (:meth:`build_model`), draw the prompt categories differently
+    (:meth:`sample_category`) or add loss terms (:meth:`loss`), as ``research/shapesworld/score_research.py`` does.
+    """
 
     def __init__(
         self,
@@ -151,66 +171,31 @@ class ScoreTrainer:
         lr: float = 1e-3,
         wrong_per_scene: int = 1,
         corruptions: tuple[str, ...] = DEFAULT_CORRUPTIONS,
-        adv_eps: float = 0.0,
-        adv_steps: int = 3,
-        init: Path | None = None,
-        preferences: Preferences | None = None,
-        pref_pairs: int = 64,
-        pref_weight: float = 1.0,
-        segmenter: Path | None = None,
-        category_weights: dict[str, float] | None = None,
     ) -> None:
-        if adv_eps < 0 or adv_steps < 1:
-            raise ValueError(f"adv_eps ({adv_eps}) must be >= 0 and adv_steps ({adv_steps}) >= 1.")
         self.seed, self.batch, self.lr, self.wrong_per_scene = seed, batch, lr, wrong_per_scene
         self.corruptions = tuple(corruptions)
-        self.adv_eps, self.adv_steps = float(adv_eps), int(adv_steps)
         torch.manual_seed(seed)
-        if init and segmenter:
-            raise ValueError("give --init or --segmenter, not both: a model from --init keeps its own backbone.")
-        if init:
-            self.model = ShapesScoreModel.load(Path(init)).train()
-        elif segmenter:
-            seg = SceneSegmenter.load(Path(segmenter))
-            self.model = ShapesScoreModel(ScoreArch(backbone="segmenter", segmenter_width=seg.arch.width))
-            self.model.image.segmenter.load_state_dict(seg.state_dict())
-        else:
-            self.model = ShapesScoreModel(ScoreArch())
+        self.model = self.build_model()
         self.encoder = MiniLMEncoder()
         self.reward = ShapesScore(encoder=self.encoder)  # used for its token cache
         self.records = {c: [m for m in load_metadata("train") if m["tag"] == c] for c in CATEGORIES}
-        self.category_p = category_probabilities(category_weights)
-        trainable = [p for p in self.model.parameters() if p.requires_grad]  # a segmenter backbone stays frozen
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.01)
-        self.preferences, self.pref_pairs, self.pref_weight = preferences, int(pref_pairs), float(pref_weight)
-        if preferences is not None:
-            self._pairs = preferences.pairs()
-            if len(self._pairs[0]) == 0:
-                raise ValueError("the preference files hold no prompt with both an accepted and a rejected image.")
-            self._train_prompts = [m["prompt"] for m in load_metadata("train")]
 
-    def _preference_loss(self, step: int) -> Tensor:
-        """HPS-style pairwise loss on generated images: for the same prompt, the image the annotator accepts
-        must outscore the one it rejects (a logistic loss at the model's temperature)."""
-        prefs, (right, wrong) = self.preferences, self._pairs
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        pick = torch.randint(len(right), (self.pref_pairs,), generator=g)
-        right, wrong = right[pick], wrong[pick]
-        texts = self.model.text(self.reward.tokens([self._train_prompts[i] for i in prefs.prompt_index[right]]))
-        s_right = (self.model.image(prefs.images[right]) * texts).sum(-1)
-        s_wrong = (self.model.image(prefs.images[wrong]) * texts).sum(-1)
-        scale = self.model.logit_scale.exp().clamp(max=100)
-        return F.softplus(scale * (s_wrong - s_right)).mean()
+    def build_model(self) -> ShapesScoreModel:
+        """The model to train, built right after ``torch.manual_seed(seed)``."""
+        return ShapesScoreModel(ScoreArch())
+
+    def sample_category(self, rng: np.random.Generator) -> str:
+        """The prompt category of one scene (uniform)."""
+        return CATEGORIES[rng.integers(len(CATEGORIES))]
 
     def _batch(self, step: int):
         rng = np.random.default_rng([self.seed, step])
         prng = random.Random(self.seed * 7919 + step)
         metas, scenes, images, negatives, wrong, wrong_ok = [], [], [], [], [], []
         for _ in range(self.batch):
-            if self.category_p is None:  # uniform (the shipped reward's stream of random numbers)
-                cat = CATEGORIES[rng.integers(len(CATEGORIES))]
-            else:
-                cat = CATEGORIES[rng.choice(len(CATEGORIES), p=self.category_p)]
+            cat = self.sample_category(rng)
             meta = self.records[cat][rng.integers(len(self.records[cat]))]
             scene = scene_for(meta, rng)
             dets = scene_detections(scene)
@@ -223,122 +208,56 @@ class ScoreTrainer:
                 bad, _ = corrupt(scene, rng, self.corruptions)
                 wrong.append(augment(render(bad), rng))
                 wrong_ok.append(not check(meta, scene_detections(bad)))  # usable as a negative for this prompt
-        self._wrong = torch.from_numpy(np.stack(wrong)), torch.tensor(wrong_ok)
-        return metas, scenes, torch.from_numpy(np.stack(images)), negatives
+        wrong_images = torch.from_numpy(np.stack(wrong)), torch.tensor(wrong_ok)
+        return metas, scenes, torch.from_numpy(np.stack(images)), negatives, wrong_images
 
-    def step(self, step: int, total: int) -> float:
-        metas, dets, images, negatives = self._batch(step)
+    def prepare(self, step: int) -> TrainBatch:
+        """Renders step ``step``'s batch (deterministic in ``seed`` and ``step``) and embeds its prompts."""
+        metas, dets, images, negatives, (wrong, usable) = self._batch(step)
         prompts = [m["prompt"] for m in metas]
         hard = [p for negs in negatives for p in negs]
         owner = torch.tensor([i for i, negs in enumerate(negatives) for _ in negs], dtype=torch.long)
         texts = self.model.text(self.reward.tokens(prompts + hard))
         b = len(prompts)
-        # satisfied[i, j]: scene i satisfies prompt j (then j is no negative for i); the diagonal is the target.
         satisfied = torch.tensor([[i != j and check(metas[j], dets[i]) for j in range(b)] for i in range(b)])
-        wrong_images, usable = self._wrong
+        return TrainBatch(images, wrong, usable, texts, satisfied, owner)
 
-        def loss_of(right: Tensor, wrong: Tensor, texts: Tensor) -> Tensor:
-            img = self.model.image(right)
-            scale = self.model.logit_scale.exp().clamp(max=100)
-            sims = scale * img @ texts.T  # (B, B + H)
-            i2t = sims.clone()
-            i2t[:, :b] = i2t[:, :b].masked_fill(satisfied, float("-inf"))
-            i2t[:, b:] = i2t[:, b:].masked_fill(owner[None, :] != torch.arange(b)[:, None], float("-inf"))
-            t2i = sims[:, :b].T.masked_fill(satisfied.T, float("-inf"))
-            target = torch.arange(b)
-            loss = 0.5 * (F.cross_entropy(i2t, target) + F.cross_entropy(t2i, target))
-            # Wrong images (off-palette, blob, missing or extra object, ...) must score below the right image.
-            if usable.any():
-                owner_w = torch.arange(b).repeat_interleave(self.wrong_per_scene)
-                s_wrong = (self.model.image(wrong) * texts[owner_w]).sum(-1)
-                s_right = (img * texts[:b]).sum(-1)[owner_w]
-                loss = loss + F.softplus(scale * (s_wrong - s_right))[usable].mean()
-            return loss
+    def contrastive_loss(self, batch: TrainBatch, right: Tensor, wrong: Tensor, texts: Tensor) -> Tensor:
+        """The symmetric contrastive loss of the images ``right`` against ``texts`` (the true prompts on the
+        diagonal, in-batch prompts the scene does not satisfy and its own hard negatives as negatives), plus a
+        logistic loss asking each usable corrupted image of ``wrong`` to score below its scene's image."""
+        b = len(batch.satisfied)
+        img = self.model.image(right)
+        scale = self.model.logit_scale.exp().clamp(max=100)
+        sims = scale * img @ texts.T  # (B, B + H)
+        i2t = sims.clone()
+        i2t[:, :b] = i2t[:, :b].masked_fill(batch.satisfied, float("-inf"))
+        i2t[:, b:] = i2t[:, b:].masked_fill(batch.owner[None, :] != torch.arange(b)[:, None], float("-inf"))
+        t2i = sims[:, :b].T.masked_fill(batch.satisfied.T, float("-inf"))
+        target = torch.arange(b)
+        loss = 0.5 * (F.cross_entropy(i2t, target) + F.cross_entropy(t2i, target))
+        # Wrong images (off-palette, blob, missing or extra object, ...) must score below the right image.
+        if batch.usable.any():
+            owner_w = torch.arange(b).repeat_interleave(self.wrong_per_scene)
+            s_wrong = (self.model.image(wrong) * texts[owner_w]).sum(-1)
+            s_right = (img * texts[:b]).sum(-1)[owner_w]
+            loss = loss + F.softplus(scale * (s_wrong - s_right))[batch.usable].mean()
+        return loss
 
-        loss = loss_of(images, wrong_images, texts)
-        if self.adv_eps > 0:  # Madry-style adversarial training, half clean and half adversarial
-            adv_right, adv_wrong = pgd_l2(
-                lambda r, w: loss_of(r, w, texts.detach()), (images, wrong_images), self.adv_eps, self.adv_steps
-            )
-            loss = 0.5 * (loss + loss_of(adv_right, adv_wrong, texts))
-        if self.preferences is not None:
-            loss = loss + self.pref_weight * self._preference_loss(step)
+    def loss(self, step: int) -> Tensor:
+        """The loss of step ``step``: :meth:`contrastive_loss` on its batch."""
+        batch = self.prepare(step)
+        return self.contrastive_loss(batch, batch.images, batch.wrong, batch.texts)
+
+    def step(self, step: int, total: int) -> float:
+        """One optimiser step (cosine learning-rate decay over ``total`` steps); returns the loss."""
+        loss = self.loss(step)
         for g in self.opt.param_groups:
             g["lr"] = self.lr * 0.5 * (1 + np.cos(np.pi * step / total))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         return loss.item()
-
-
-def category_probabilities(weights: dict[str, float] | None) -> np.ndarray | None:
-    """Sampling probabilities of the prompt categories from relative weights (unnamed categories weigh 1).
-
-    Args:
-        weights: ``{category: weight}``, e.g. ``{"position": 3.0}``; ``None`` or empty for uniform sampling.
-
-    Returns:
-        ``(len(CATEGORIES),)`` probabilities in :data:`CATEGORIES` order, or ``None`` for uniform sampling.
-
-    Raises:
-        ValueError: for an unknown category or a negative weight, naming the valid categories.
-    """
-    if not weights:
-        return None
-    unknown = sorted(set(weights) - set(CATEGORIES))
-    if unknown:
-        raise ValueError(f"unknown categories {unknown} in the category weights; use some of {list(CATEGORIES)}.")
-    w = np.array([float(weights.get(c, 1.0)) for c in CATEGORIES])
-    if (w < 0).any() or w.sum() <= 0:
-        raise ValueError(f"category weights must be >= 0 with a positive sum, got {weights}.")
-    return w / w.sum()
-
-
-def parse_category_weights(text: str) -> dict[str, float]:
-    """``"position=3,counting=2"`` -> ``{"position": 3.0, "counting": 2.0}`` (``""`` -> ``{}``)."""
-    out: dict[str, float] = {}
-    for item in filter(None, (t.strip() for t in text.split(","))):
-        name, _, value = item.partition("=")
-        try:
-            out[name.strip()] = float(value)
-        except ValueError:  # no "=" (value "") or not a number
-            raise ValueError(f"bad category weight {item!r}; write category=weight, e.g. position=3.") from None
-    return out
-
-
-def pgd_l2(loss_fn: Callable[..., Tensor], inputs: tuple[Tensor, ...], eps: float, steps: int) -> tuple[Tensor, ...]:
-    """Projected gradient ascent of ``loss_fn(*inputs)`` within an L2 ball of radius ``eps`` per image.
-
-    The perturbed images stay in ``[0, 1]``; the model's parameters receive no gradient. A reward trained on
-    such worst-case images has input gradients that follow the scene rather than pixel patterns (the
-    "perceptually aligned gradients" of adversarially robust models), so a generator climbing it has to change
-    what is drawn.
-
-    Args:
-        loss_fn: Maps the perturbed inputs to a scalar loss to maximise.
-        inputs: Image batches ``(N_i, 3, H, W)`` in ``[0, 1]``.
-        eps: L2 radius of each image's perturbation (pixel units, e.g. 0.5 for a 32x32x3 image).
-        steps: Ascent steps, each of length ``2.5 * eps / steps``.
-
-    Returns:
-        The perturbed batches, detached, in the order of ``inputs``.
-    """
-    step_size = 2.5 * eps / steps
-
-    def project(delta: Tensor, x: Tensor) -> Tensor:
-        norm = delta.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, 1, 1, 1)
-        delta = delta * (eps / norm).clamp(max=1.0)
-        return (x + delta).clamp(0.0, 1.0) - x
-
-    deltas = [project(torch.randn_like(x) * eps / x[0].numel() ** 0.5, x) for x in inputs]
-    for _ in range(steps):
-        deltas = [d.detach().requires_grad_(True) for d in deltas]
-        grads = torch.autograd.grad(loss_fn(*(x + d for x, d in zip(inputs, deltas, strict=True))), deltas)
-        deltas = [
-            project(d + step_size * g / g.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, 1, 1, 1), x)
-            for d, g, x in zip(deltas, grads, inputs, strict=True)
-        ]
-    return tuple((x + d).detach() for x, d in zip(inputs, deltas, strict=True))
 
 
 def fit(step: Callable[[int, int], float], steps: int, desc: str) -> tuple[float, float]:
@@ -401,8 +320,9 @@ def measure(
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Train ShapesScore")
+def build_parser(description: str = "Train ShapesScore") -> argparse.ArgumentParser:
+    """The options of the shipped reward's training (extended by ``research/shapesworld/score_research.py``)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--out", type=Path, default=Path("leapalign/worlds/shapes/assets/shapes_score"))
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=64)
@@ -410,73 +330,33 @@ def main() -> None:
     parser.add_argument("--wrong-per-scene", type=int, default=1, help="corrupted images per scene and step")
     parser.add_argument(
         "--corruptions",
+        type=lambda text: tuple(c for c in text.split(",") if c),
         default=",".join(DEFAULT_CORRUPTIONS),
         help=f"comma-separated image-side negatives, from {','.join(CORRUPTIONS)} (default: the shipped reward's)",
     )
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine decay)")
-    parser.add_argument("--init", type=Path, help="start from these ShapesScore weights (default: random init)")
-    parser.add_argument(
-        "--adv-eps", type=float, default=0.0, help="L2 radius of adversarial training (0: off; e.g. 0.5)"
+    return parser
+
+
+def command_line(args: argparse.Namespace, module: str = "leapalign.worlds.shapes.score_train") -> str:
+    """The command line of the options of :func:`build_parser`, as recorded in the weights' card."""
+    return (
+        f"python -m {module} --out {args.out} --steps {args.steps} --batch {args.batch} --seed {args.seed} "
+        f"--wrong-per-scene {args.wrong_per_scene} --corruptions {','.join(args.corruptions)} --lr {args.lr}"
     )
-    parser.add_argument("--adv-steps", type=int, default=3, help="PGD steps per batch when --adv-eps > 0")
-    parser.add_argument(
-        "--preferences",
-        type=Path,
-        nargs="+",
-        default=None,
-        help="preference files of generated images judged by the annotator (python -m leapalign.worlds.shapes.preferences)",
-    )
-    parser.add_argument("--pref-pairs", type=int, default=64, help="(accepted, rejected) pairs per step")
-    parser.add_argument("--pref-weight", type=float, default=1.0, help="weight of the pairwise preference loss")
-    parser.add_argument(
-        "--segmenter", type=Path, help="annotator weights to use, frozen, as the image backbone (default: pixels)"
-    )
-    parser.add_argument(
-        "--category-weights",
-        default="",
-        help="relative sampling weights of prompt categories, e.g. position=3 (default: uniform)",
-    )
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    corruptions = tuple(c for c in args.corruptions.split(",") if c)
-    category_weights = parse_category_weights(args.category_weights)
-    trainer = ScoreTrainer(
-        seed=args.seed,
-        batch=args.batch,
-        lr=args.lr,
-        wrong_per_scene=args.wrong_per_scene,
-        corruptions=corruptions,
-        adv_eps=args.adv_eps,
-        adv_steps=args.adv_steps,
-        init=args.init,
-        preferences=Preferences.load(args.preferences) if args.preferences else None,
-        pref_pairs=args.pref_pairs,
-        pref_weight=args.pref_weight,
-        segmenter=args.segmenter,
-        category_weights=category_weights,
-    )
+
+
+def train(trainer: ScoreTrainer, args: argparse.Namespace, command: str, card: dict | None = None) -> dict:
+    """Runs ``args.steps`` steps of ``trainer``, measures the model on the held-out prompts (:func:`measure`) and
+    saves it to ``args.out`` with a card: the ``command`` line, the entries of ``card``, the settings and the
+    held-out metrics."""
     elapsed, final_loss = fit(trainer.step, args.steps, "shapes_score")
     trainer.model.eval()
-    metrics = measure(trainer.model, trainer.reward, corruptions=corruptions)
+    metrics = measure(trainer.model, trainer.reward, corruptions=trainer.corruptions)
     card = {
-        "command": f"python -m leapalign.worlds.shapes.score_train --out {args.out} --steps {args.steps} "
-        f"--batch {args.batch} --seed {args.seed} --wrong-per-scene {args.wrong_per_scene} "
-        f"--corruptions {','.join(corruptions)} --lr {args.lr}"
-        + (f" --init {args.init}" if args.init else "")
-        + (f" --segmenter {args.segmenter}" if args.segmenter else "")
-        + (f" --category-weights {args.category_weights}" if args.category_weights else "")
-        + (f" --adv-eps {args.adv_eps} --adv-steps {args.adv_steps}" if args.adv_eps > 0 else "")
-        + (
-            f" --preferences {' '.join(map(str, args.preferences))} --pref-pairs {args.pref_pairs} "
-            f"--pref-weight {args.pref_weight}"
-            if args.preferences
-            else ""
-        ),
-        "init": str(args.init) if args.init else None,
-        "segmenter": str(args.segmenter) if args.segmenter else None,
-        "category_weights": category_weights or None,
-        "adv_eps": args.adv_eps,
-        "corruptions": list(corruptions),
+        "command": command,
+        **(card or {}),
+        "corruptions": list(trainer.corruptions),
         "seed": args.seed,
         "steps": args.steps,
         "batch": args.batch,
@@ -486,6 +366,14 @@ def main() -> None:
     }
     trainer.model.save(args.out, card)
     logger.info("saved ShapesScore to %s: %s", args.out, json.dumps(metrics))
+    return card
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    trainer = ScoreTrainer(args.seed, args.batch, args.lr, args.wrong_per_scene, args.corruptions)
+    train(trainer, args, command_line(args))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ from safetensors.torch import load_file, save_file
 class WeightsDirectory:
     """Mixin for an ``nn.Module`` built from one architecture dataclass ``self.arch`` (of type ``arch_cls``).
 
-    Subclasses set ``arch_cls``, ``what`` (named in errors) and optionally ``how`` (how to make the weights).
+    Subclasses set ``arch_cls``, ``what`` (named in errors) and optionally ``how`` (how to make the weights), and
+    may override :meth:`arch_from` to read older configs.
     """
 
     arch_cls: ClassVar[type]
@@ -35,6 +36,12 @@ class WeightsDirectory:
         cfg_path = Path(directory) / "config.json"
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{directory} holds no {cls.what} (config.json missing){cls.how}.")
-        model = cls(cls.arch_cls(**json.loads(cfg_path.read_text())["arch"]))  # type: ignore[call-arg]
+        arch = cls.arch_from(json.loads(cfg_path.read_text())["arch"], Path(directory))
+        model = cls(arch)  # type: ignore[call-arg]
         model.load_state_dict(load_file(str(Path(directory) / "model.safetensors")))
         return model.eval()
+
+    @classmethod
+    def arch_from(cls, arch: dict[str, Any], directory: Path) -> Any:
+        """The architecture dataclass from the ``arch`` entry of ``directory``'s ``config.json``."""
+        return cls.arch_cls(**arch)

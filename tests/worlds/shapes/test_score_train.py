@@ -1,62 +1,55 @@
-"""ShapesScore training options: PGD within an L2 ball and adversarial fine-tuning from given weights."""
+"""ShapesScore training as shipped: the command in the weights' card is the trainer's defaults, steps are
+deterministic, corruptions break the prompt, and weights folders load (old ones too) or say why not."""
 
 from __future__ import annotations
 
+import json
+import shlex
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from leapalign.worlds.shapes.prompts import CATEGORIES
-from leapalign.worlds.shapes.score import ShapesScoreModel, default_weights
-from leapalign.worlds.shapes.score_train import ScoreTrainer, category_probabilities, parse_category_weights, pgd_l2
+from leapalign.worlds.shapes.evaluator import check
+from leapalign.worlds.shapes.scenes import HYBRID_SHAPES, Obj, Scene, render
+from leapalign.worlds.shapes.score import ScoreArch, ShapesScoreModel, default_weights
+from leapalign.worlds.shapes.score_train import (
+    DEFAULT_CORRUPTIONS,
+    ScoreTrainer,
+    build_parser,
+    command_line,
+    corrupt,
+    scene_detections,
+)
 
 
-def test_pgd_l2_stays_in_the_ball_and_the_image_range_and_raises_the_loss() -> None:
-    torch.manual_seed(0)
-    x, y = torch.rand(4, 3, 8, 8), torch.rand(2, 3, 8, 8)
-    w = torch.randn(3, 8, 8)
-
-    def loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return (a * w).sum() - (b * w).sum()
-
-    adv_x, adv_y = pgd_l2(loss, (x, y), eps=0.5, steps=3)
-    for clean, adv in ((x, adv_x), (y, adv_y)):
-        assert not adv.requires_grad
-        assert adv.min() >= 0.0 and adv.max() <= 1.0
-        assert torch.all((adv - clean).flatten(1).norm(dim=1) <= 0.5 + 1e-5)
-    assert loss(adv_x, adv_y) > loss(x, y) + 1.0  # a linear loss climbs close to eps * |w| per image
+def test_the_shipped_command_is_the_default_training() -> None:
+    config = json.loads((default_weights() / "config.json").read_text())
+    argv = shlex.split(config["command"])
+    assert argv[:3] == ["python", "-m", "leapalign.worlds.shapes.score_train"]
+    args = build_parser().parse_args(argv[3:])
+    assert (args.steps, args.batch, args.seed) == (config["steps"], config["batch"], config["seed"])
+    assert (args.lr, args.wrong_per_scene, args.corruptions) == (1e-3, 1, DEFAULT_CORRUPTIONS)
+    assert ScoreArch(**config["arch"]) == ScoreArch()  # the trainer builds ShapesScoreModel(ScoreArch())
+    assert command_line(args).startswith(config["command"])  # the card of a rerun names every option
 
 
-def test_pgd_l2_leaves_parameters_without_gradients() -> None:
-    lin = torch.nn.Linear(12, 1)
-    pgd_l2(lambda a: lin(a.flatten(1)).sum(), (torch.rand(2, 3, 2, 2),), eps=0.1, steps=2)
-    assert all(p.grad is None for p in lin.parameters())
-
-
-def test_adversarial_step_fine_tunes_the_given_weights() -> None:
-    trainer = ScoreTrainer(batch=6, init=default_weights(), lr=1e-4, adv_eps=0.5, adv_steps=1)
-    shipped = ShapesScoreModel.load(default_weights())
-    assert torch.equal(trainer.model.image.proj.weight, shipped.image.proj.weight)
-    loss = trainer.step(0, 10)
-    assert loss == loss and loss > 0  # finite
-    assert not torch.equal(trainer.model.image.proj.weight, shipped.image.proj.weight)
-
-
-def test_bad_adversarial_settings_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="adv_eps"):
-        ScoreTrainer(batch=2, adv_eps=-1.0)
-    with pytest.raises(FileNotFoundError, match="config.json"):
-        ScoreTrainer(batch=2, init=tmp_path)
+def test_training_steps_are_deterministic_and_learn() -> None:
+    a, b = ScoreTrainer(batch=4), ScoreTrainer(batch=4)
+    before = a.model.text.out.weight.clone()
+    assert torch.equal(before, b.model.text.out.weight)  # the same seed, the same initialisation
+    loss = a.step(0, 10)
+    assert np.isfinite(loss) and loss == b.step(0, 10)
+    assert torch.equal(a.model.text.out.weight, b.model.text.out.weight)
+    assert not torch.equal(a.model.text.out.weight, before)
+    batch = a.prepare(1)
+    assert batch.images.shape == (4, 3, 32, 32) and batch.wrong.shape == (4, 3, 32, 32)
+    assert batch.texts.shape == (4 + len(batch.owner), 128) and batch.satisfied.shape == (4, 4)
+    assert not batch.satisfied.diagonal().any()
 
 
 def test_hybrid_corruption_draws_a_shape_between_two_valid_ones() -> None:
-    import numpy as np
-
-    from leapalign.worlds.shapes.evaluator import check
-    from leapalign.worlds.shapes.scenes import HYBRID_SHAPES, Obj, Scene, render
-    from leapalign.worlds.shapes.score_train import corrupt, scene_detections
-
     scene = Scene((Obj("square", "red", 10, 16, 12), Obj("triangle", "blue", 24, 16, 12)))
     meta = {
         "prompt": "a square and a triangle",
@@ -73,57 +66,28 @@ def test_hybrid_corruption_draws_a_shape_between_two_valid_ones() -> None:
     }
     for hybrid in HYBRID_SHAPES:  # a different outline from every valid shape of the same size (>= 20 px apart)
         assert all(np.abs(drawn[hybrid] - drawn[s]).sum() > 20 for s in ("square", "triangle", "circle"))
+    with pytest.raises(ValueError, match="unknown corruptions"):
+        corrupt(scene, rng, ("melt",))
 
 
-def test_segmenter_backbone_reads_a_frozen_segmenter_and_round_trips(tmp_path: Path) -> None:
-    from leapalign.worlds.shapes.scenes import COLORS, SHAPES
-    from leapalign.worlds.shapes.score import ScoreArch
-    from leapalign.worlds.shapes.segmenter import SceneSegmenter
-
-    torch.manual_seed(0)
-    SceneSegmenter().save(tmp_path / "seg", {"note": "test"})
-    trainer = ScoreTrainer(batch=4, lr=1e-3, segmenter=tmp_path / "seg")
-    model = trainer.model
-    assert model.arch.backbone == "segmenter" and model.image.segmenter is not None
-    seg_before = {k: v.clone() for k, v in model.image.segmenter.state_dict().items()}
-    torch.testing.assert_close(seg_before, SceneSegmenter.load(tmp_path / "seg").state_dict())
-    maps = model.image.perceive(torch.rand(2, 3, 32, 32))
-    assert maps.shape == (2, 1 + len(SHAPES) + len(COLORS) + len(SHAPES) * len(COLORS), 32, 32)
-    assert maps.min() >= 0 and maps.max() <= 1
-    text_before = model.text.out.weight.clone()
-    trainer.step(0, 10)
-    assert not torch.equal(model.text.out.weight, text_before)  # the towers learn...
-    for k, v in model.image.segmenter.state_dict().items():  # ...the backbone does not
-        assert torch.equal(v, seg_before[k]), k
-    images = torch.rand(3, 3, 32, 32, requires_grad=True)
-    tokens = torch.randn(3, 6, 384)
-    model.eval()(images, tokens).sum().backward()
-    assert images.grad is not None and images.grad.abs().sum() > 0  # the reward's gradient reaches the pixels
-    model.save(tmp_path / "score", {"note": "test"})
-    loaded = ShapesScoreModel.load(tmp_path / "score")
-    torch.testing.assert_close(loaded(images, tokens), model(images, tokens))
-    with pytest.raises(ValueError, match="backbone"):
-        ScoreArch(backbone="vit")
-    with pytest.raises(ValueError, match="not both"):
-        ScoreTrainer(batch=4, init=default_weights(), segmenter=tmp_path / "seg")
+def _copy_weights(tmp_path: Path, arch: dict) -> Path:
+    folder = tmp_path / "w"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes((default_weights() / "model.safetensors").read_bytes())
+    config = json.loads((default_weights() / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "arch": arch}))
+    return folder
 
 
-def test_category_weights_parse_validate_and_skew_the_batches() -> None:
-    assert parse_category_weights("") == {}
-    assert parse_category_weights("position=3, counting=0.5") == {"position": 3.0, "counting": 0.5}
-    for bad in ("position", "position=x"):
-        with pytest.raises(ValueError, match="category=weight"):
-            parse_category_weights(bad)
-    with pytest.raises(ValueError, match="unknown categories"):
-        category_probabilities({"positions": 2.0})
-    with pytest.raises(ValueError, match=">= 0"):
-        category_probabilities({"position": -1.0})
-    assert category_probabilities({}) is None
-    p = category_probabilities({"position": 6.0, "counting": 0.0})
-    assert p is not None and p.sum() == pytest.approx(1.0)
-    assert p[CATEGORIES.index("position")] == pytest.approx(0.6) and p[CATEGORIES.index("counting")] == 0.0
-
-    trainer = ScoreTrainer(batch=32, category_weights={"position": 1.0} | {c: 0.0 for c in CATEGORIES[:-2]})
-    metas, *_ = trainer._batch(0)
-    assert {m["tag"] for m in metas} <= {"position", "color_attr"}
-    assert sum(m["tag"] == "position" for m in metas) > 4
+def test_older_weights_folders_load_or_point_to_the_research_code(tmp_path: Path) -> None:
+    arch = json.loads((default_weights() / "config.json").read_text())["arch"]
+    folder = _copy_weights(tmp_path, {**arch, "backbone": "pixels", "segmenter_width": 16})
+    loaded, shipped = ShapesScoreModel.load(folder), ShapesScoreModel.load(default_weights())
+    assert loaded.arch == shipped.arch
+    x, tokens = torch.rand(2, 3, 32, 32), torch.randn(2, 5, 384)
+    assert torch.equal(loaded(x, tokens), shipped(x, tokens))
+    (folder / "config.json").write_text(json.dumps({"arch": {**arch, "backbone": "segmenter", "segmenter_width": 16}}))
+    with pytest.raises(ValueError, match="research/shapesworld"):
+        ShapesScoreModel.load(folder)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        ShapesScoreModel.load(tmp_path / "missing")

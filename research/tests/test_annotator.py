@@ -9,12 +9,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from leapalign.worlds.shapes.annotator import AnnotatorTrainer, SceneSegmenter, annotate, parse, pixel_targets
 from leapalign.worlds.shapes.evaluator import check
-from leapalign.worlds.shapes.preferences import Preferences
 from leapalign.worlds.shapes.scenes import COLORS, SHAPES, Obj, Scene
 from leapalign.worlds.shapes.score import default_weights
-from leapalign.worlds.shapes.score_train import ScoreTrainer
+from research.shapesworld.annotator import AnnotatorTrainer, SceneSegmenter, annotate, parse, pixel_targets
+from research.shapesworld.preferences import Preferences
+from research.shapesworld.score_research import ResearchScoreTrainer
 
 RED, BLUE = list(COLORS).index("red"), list(COLORS).index("blue")
 
@@ -116,13 +116,13 @@ def test_preference_pairs_join_accepted_and_rejected_images_of_the_same_prompt(t
 def test_score_training_with_preferences_adds_a_pairwise_loss(tmp_path: Path) -> None:
     _write_prefs(tmp_path / "p.safetensors", [0, 0, 3, 3], [True, False, False, True])
     prefs = Preferences.load([tmp_path / "p.safetensors"])
-    trainer = ScoreTrainer(batch=4, init=default_weights(), lr=1e-4, preferences=prefs, pref_pairs=8)
+    trainer = ResearchScoreTrainer(batch=4, init=default_weights(), lr=1e-4, preferences=prefs, pref_pairs=8)
     pref = trainer._preference_loss(0)
     assert pref.ndim == 0 and torch.isfinite(pref) and pref > 0
     assert np.isfinite(trainer.step(0, 10))
     _write_prefs(tmp_path / "q.safetensors", [0, 1], [True, False])
     with pytest.raises(ValueError, match="both an accepted and a rejected"):
-        ScoreTrainer(batch=4, preferences=Preferences.load([tmp_path / "q.safetensors"]))
+        ResearchScoreTrainer(batch=4, preferences=Preferences.load([tmp_path / "q.safetensors"]))
 
 
 def test_annotator_can_learn_hybrid_shapes_as_background() -> None:
@@ -136,7 +136,7 @@ def test_annotator_can_learn_hybrid_shapes_as_background() -> None:
 
 
 def test_relabel_judges_stored_images_again_without_sampling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from leapalign.worlds.shapes import preferences
+    from research.shapesworld import preferences
 
     SceneSegmenter().save(tmp_path / "ann", {"note": "untrained"})
     _write_prefs(tmp_path / "old.safetensors", [0, 0, 5], [True, True, True])
@@ -152,7 +152,7 @@ def test_relabel_judges_stored_images_again_without_sampling(tmp_path: Path, mon
         judged.append([m["prompt"] for m in metas])
         return np.array([False, True, False])
 
-    monkeypatch.setattr("leapalign.worlds.shapes.annotator.annotate", fake_annotate)
+    monkeypatch.setattr("research.shapesworld.annotator.annotate", fake_annotate)
     argv = ["prefs", "--annotator", str(tmp_path / "ann"), "--relabel", str(tmp_path / "old.safetensors")]
     monkeypatch.setattr("sys.argv", [*argv, "--out", str(tmp_path / "new.safetensors")])
     preferences.main()

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from leapalign.worlds.shapes.contrast import NEAR_MISS_KINDS, metadata_of, near_misses, parse_kinds
 from leapalign.worlds.shapes.evaluator import check
 from leapalign.worlds.shapes.prompts import load_metadata
 from leapalign.worlds.shapes.scenes import render, scene_for
-from leapalign.worlds.shapes.score import ShapesScore
 from leapalign.worlds.shapes.score_train import scene_detections
+from research.shapesworld.contrast import NEAR_MISS_KINDS, metadata_of, near_misses, parse_kinds
+from research.shapesworld.score_variants import ResearchShapesScore
 
 
 def test_near_misses_are_distinct_valid_prompts_that_a_true_scene_fails() -> None:
@@ -51,7 +51,7 @@ def test_contrastive_score_is_a_probability_that_prefers_the_true_scene() -> Non
     right = torch.stack([torch.from_numpy(render(scene_for(meta, rng))) for _ in range(8)])
     wrong_meta = metadata_of("a photo of two circles")
     wrong = torch.stack([torch.from_numpy(render(scene_for(wrong_meta, rng))) for _ in range(8)])
-    reward = ShapesScore(negatives=8)
+    reward = ResearchShapesScore(negatives=8)
     images = torch.cat([right, wrong]).requires_grad_(True)
     scores = reward(images, [prompt] * 16)
     assert scores.shape == (16,) and (scores > 0).all() and (scores < 1).all()
@@ -59,7 +59,7 @@ def test_contrastive_score_is_a_probability_that_prefers_the_true_scene() -> Non
     scores.sum().backward()
     assert images.grad is not None and images.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="negatives"):
-        ShapesScore(negatives=-1)
+        ResearchShapesScore(negatives=-1)
 
 
 def test_near_miss_kinds_keep_only_the_chosen_edits() -> None:
@@ -80,7 +80,7 @@ def test_near_miss_kinds_keep_only_the_chosen_edits() -> None:
 
 
 def test_a_prompt_without_near_misses_scores_one_and_gives_no_gradient() -> None:
-    reward = ShapesScore(negatives=8, near_miss_kinds=["color", "count"])
+    reward = ResearchShapesScore(negatives=8, near_miss_kinds=["color", "count"])
     assert reward.name == "shapes_score_contrast8_color_count"
     images = torch.rand(2, 3, 32, 32, requires_grad=True)
     scores = reward(images, ["a photo of a circle and a square", "a photo of a blue circle"])

@@ -4,19 +4,19 @@ HPS learns from people's judgements of images that generators drew; ShapesScore 
 only, and every policy trained on it found images it over-scores. This module draws the images a reward must
 judge (the base model's and, for a second round as in iterated RLHF, those of policies that hacked the
 previous reward) on the *training* prompts, and labels each with the annotator
-(:mod:`leapalign.worlds.shapes.annotator`). ``score_train --preferences`` then asks the reward to score, for the same
+(:mod:`research.shapesworld.annotator`). ``score_research --preferences`` then asks the reward to score, for the same
 prompt, the images the annotator accepts above those it rejects. ShapesEval and the held-out prompts are never
 used.
 
-Collect (one source per ``--source``: ``base``, or a training run / checkpoint folder)::
+Collect, from the repository root (one source per ``--source``: ``base``, or a training run / checkpoint folder)::
 
-    python -m leapalign.worlds.shapes.preferences --annotator runs/annotator --out runs/prefs/base.safetensors \\
+    python -m research.shapesworld.preferences --annotator runs/annotator --out runs/prefs/base.safetensors \\
         --source base --images-per-prompt 4
 
 Re-judge the images of an existing file with another annotator (nothing is resampled)::
 
-    python -m leapalign.worlds.shapes.preferences --annotator runs/annotator_hybrid --relabel runs/prefs/base.safetensors \\
-        --out runs/prefs/base_hybrid.safetensors
+    python -m research.shapesworld.preferences --annotator runs/annotator_hybrid \\
+        --relabel runs/prefs/base.safetensors --out runs/prefs/base_hybrid.safetensors
 
 The file holds ``images`` (uint8, ``(N, 3, 32, 32)``), ``prompt_index`` and ``accepted`` (``(N,)``), with the
 sources and settings in its metadata.
@@ -37,6 +37,8 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor
 
 from leapalign.worlds.shapes.prompts import load_metadata
+from research.shapesworld import annotator
+from research.shapesworld.segmenter import SceneSegmenter
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +87,8 @@ class Preferences:
 
 def sample_source(source: str, metadata: list[dict], images_per_prompt: int, seed: int, num_steps: int) -> Tensor:
     """Images ``(N * R, 3, 32, 32)`` of ``source`` (``base`` or a run / checkpoint folder), prompt-major."""
+    from leapalign.cli.sources import ModelSource, build_source, resolve_run
     from leapalign.config import load_config
-    from leapalign.eval.models import ModelSource, build_source, resolve_run
     from leapalign.sampling import generate
 
     src = ModelSource("base", load_config("shapes/leapalign")) if source == "base" else resolve_run(source)
@@ -110,8 +112,6 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.out.suffix != ".safetensors":
         raise SystemExit(f"--out {args.out}: give a .safetensors file name.")
-    from leapalign.worlds.shapes.annotator import SceneSegmenter, annotate  # imports score_train, which imports this module
-
     metadata = load_metadata("train")
     start = time.perf_counter()
     if args.relabel is not None:
@@ -129,7 +129,7 @@ def main() -> None:
             "num_steps": args.num_steps,
         }
     metas = [metadata[i] for i in index.tolist()]
-    accepted = annotate(SceneSegmenter.load(args.annotator), images, metas)
+    accepted = annotator.annotate(SceneSegmenter.load(args.annotator), images, metas)
     tags = np.array([m["tag"] for m in metas])
     card["annotator"] = str(args.annotator)
     card["accepted_by_category"] = {t: float(accepted[tags == t].mean()) for t in sorted(set(tags))}

@@ -6,16 +6,19 @@ whether the reward scores the images ShapesEval accepts above the ones it reject
 as a detector of correct images (0.5: the reward cannot tell them apart). A reward with a low AUC in a category
 is one a fine-tuned policy can raise there without getting the image right.
 
-Run::
+Run from the repository root (``--out`` defaults to ``research/shapesworld/results/shapes_score_audit.json``)::
 
-    python -m leapalign.worlds.shapes.score_audit --weights leapalign/worlds/shapes/assets/shapes_score --out audit.json
-    python -m leapalign.worlds.shapes.score_audit --weights leapalign/worlds/shapes/assets/shapes_score --negatives 0 8
-    python -m leapalign.worlds.shapes.score_audit --weights W1 W2 --images runs/x/eval runs/y/eval   # any model's samples
+    python -m research.shapesworld.score_audit --weights leapalign/worlds/shapes/assets/shapes_score
+    python -m research.shapesworld.score_audit --weights leapalign/worlds/shapes/assets/shapes_score --negatives 0 8 \\
+        --out research/shapesworld/results/shapes_score_audit_contrastive.json
+    python -m research.shapesworld.score_audit --weights W1 W2 --images runs/x/eval runs/y/eval --pool --out A.json
 
 ``--images`` reads the PNGs of finished ``leapalign eval`` folders on the ShapesWorld prompts instead of sampling
 the base model, so a reward can be audited on the images a fine-tuned (possibly reward-hacking) policy draws.
 ``--pool`` adds the audit of all folders together: a reward that gives a hacking policy's wrong images more than
-the base model's correct ones has a low pooled AUC even when each model's own AUC looks fine.
+the base model's correct ones has a low pooled AUC even when each model's own AUC looks fine
+(``research/shapesworld/results/shapes_score_audit_pooled.json``). ``--negatives K`` audits the contrastive form
+with ``K`` near misses (:class:`research.shapesworld.score_variants.ResearchShapesScore`).
 """
 
 from __future__ import annotations
@@ -33,8 +36,11 @@ from scipy.stats import rankdata
 from torch import Tensor
 
 from leapalign.worlds.shapes.evaluator import check, detect_batch
+from research.shapesworld.score_variants import ResearchShapesScore
 
 logger = logging.getLogger(__name__)
+
+RESULTS = Path(__file__).parent / "results"
 
 
 def rank_auc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -86,17 +92,20 @@ def audit(reward, images: Tensor, metadata: Sequence[dict]) -> dict[str, Any]:
     return out
 
 
-def base_samples(images_per_prompt: int = 4) -> tuple[Tensor, list[dict]]:
-    """The shipped base model's images of the held-out prompts, with the evaluation's fixed seeds."""
-    from leapalign.evaluation import EvalConfig, eval_metadata, generate_eval_images
+def base_samples(images_per_prompt: int = 4, num_steps: int = 25) -> tuple[Tensor, list[dict]]:
+    """The shipped base model's images of the held-out prompts (true CFG 3), prompt-major, with the evaluation's
+    fixed seeds (image ``r`` of prompt ``i``: seed ``1000 * r + i``)."""
     from leapalign.models import build_model
     from leapalign.models.config import ModelConfig
+    from leapalign.sampling import generate
+    from leapalign.worlds.shapes.prompts import load_metadata
 
-    cfg = EvalConfig(images_per_prompt=images_per_prompt)
-    metadata = eval_metadata(cfg)
+    metadata = [m for m in load_metadata("eval") for _ in range(images_per_prompt)]
+    seeds = [1000 * r + i for i in range(len(metadata) // images_per_prompt) for r in range(images_per_prompt)]
     model = build_model(ModelConfig(name="shapes", finetune="full", guidance_scale=3.0))
-    images = generate_eval_images(model, metadata, cfg, 32, 32)
-    return images, [m for m in metadata for _ in range(images_per_prompt)]
+    prompts = [m["prompt"] for m in metadata]
+    images = generate(model, prompts, seeds=seeds, num_steps=num_steps, height=32, width=32, batch_size=64)
+    return images, metadata
 
 
 def eval_folder_samples(folder: Path) -> tuple[Tensor, list[dict]]:
@@ -151,11 +160,9 @@ def main() -> None:
         help="also audit the union of the --images folders: a reward a policy cannot hack must rank one model's "
         "correct images above another model's wrong ones",
     )
-    parser.add_argument("--out", type=Path, default=None, help="JSON output (default: print only)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "shapes_score_audit.json", help="JSON output")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from leapalign.worlds.shapes.score import ShapesScore
-
     sources = (
         {str(f): eval_folder_samples(f) for f in args.images}
         if args.images
@@ -167,7 +174,7 @@ def main() -> None:
         sources["pooled(" + " + ".join(sources) + ")"] = pooled
     result = {
         (f"{src}: " if args.images else "") + str(w) + (f" negatives={k}" if k else ""): audit(
-            ShapesScore(path=w, negatives=k), images, metadata
+            ResearchShapesScore(path=w, negatives=k), images, metadata
         )
         for src, (images, metadata) in sources.items()
         for w in args.weights
@@ -175,8 +182,9 @@ def main() -> None:
     }
     for w, res in result.items():
         logger.info("%s: %s", w, {k: round(v["auc"], 3) for k, v in res.items()})
-    if args.out is not None:
-        args.out.write_text(json.dumps(result, indent=1))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    logger.info("wrote %s", args.out)
 
 
 if __name__ == "__main__":

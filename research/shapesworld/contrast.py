@@ -4,7 +4,7 @@ A dual-encoder reward scores an image against one prompt; a generator can raise 
 *closer to a near miss* of the prompt ("a square and a circle" drawn as two circles still shares most features
 with the prompt). Scoring the prompt against its near misses, as CLIP does in zero-shot classification, removes
 that loophole: the contrastive reward is the probability the reward model gives the prompt among the prompt and
-its near misses (:class:`leapalign.worlds.shapes.score.ShapesScore` with ``negatives > 0``).
+its near misses (:class:`research.shapesworld.score_variants.ResearchShapesScore` with ``negatives > 0``).
 
 The near misses are text edits of the prompt's own metadata, never a look at an image:
 
@@ -16,6 +16,9 @@ The near misses are text edits of the prompt's own metadata, never a look at an 
 candidate names the same shapes as the prompt, so the softmax over candidates cancels most of the shape
 evidence: the reward then asks for the right colours and numbers and gives little gradient towards morphing
 one shape into another, the move that produces hybrid shapes (``docs/shapesworld.md``).
+
+Results: ``research/shapesworld/results/shapes_score_audit_contrastive.json`` (written by
+:mod:`research.shapesworld.score_audit` with ``--negatives 0 8``).
 """
 
 from __future__ import annotations

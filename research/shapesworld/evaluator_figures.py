@@ -1,13 +1,19 @@
-"""Reproducible figures of ShapesEval: accuracy on ground-truth renders (clean, blurred, noisy), acceptance of
-mismatched prompts and of pure-noise images.
+"""Reproducible figures of ShapesEval (:mod:`leapalign.worlds.shapes.evaluator`): accuracy on ground-truth renders
+(clean, blurred, noisy), acceptance of mismatched prompts and of pure-noise images.
 
-    python -c "from leapalign.worlds.shapes.evaluator_figures import measure; print(measure())"
+Write them (from the repository root; ``--out`` defaults to ``research/shapesworld/results/shapes_eval_figures.json``)::
+
+    python -m research.shapesworld.evaluator_figures
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
 import random
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -16,6 +22,10 @@ from leapalign.worlds.shapes.evaluator import _PROTOS, Detection, check, evaluat
 from leapalign.worlds.shapes.negatives import KINDS, mismatch
 from leapalign.worlds.shapes.prompts import load_metadata
 from leapalign.worlds.shapes.scenes import CANVAS, render, scene_for
+
+logger = logging.getLogger(__name__)
+
+RESULTS = Path(__file__).parent / "results"
 
 
 def gaussian_blur(images: np.ndarray, sigma: float) -> np.ndarray:
@@ -141,3 +151,19 @@ def measure(num_seeds: int = 8, blur_sigma: float = 0.6, noise_std: float = 0.05
         }
     out["garbage_acceptance"] = garbage_acceptance(num_noise)
     return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Measure ShapesEval on ground-truth renders and pure noise")
+    parser.add_argument("--out", type=Path, default=RESULTS / "shapes_eval_figures.json", help="JSON output")
+    parser.add_argument("--num-seeds", type=int, default=8, help="scenes per held-out prompt")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    figures = measure(num_seeds=args.num_seeds)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(figures, indent=1))
+    logger.info("wrote %s", args.out)
+
+
+if __name__ == "__main__":
+    main()

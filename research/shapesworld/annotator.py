@@ -10,9 +10,9 @@ can say whether a generated image shows its prompt. It errs differently from Sha
 ShapesEval decides shapes by geometric moments); how often the two agree on generated images is measured,
 never optimised (:func:`agreement`).
 
-Train it (about 10 minutes on one core)::
+Train it from the repository root (about 10 minutes on one core)::
 
-    python -m leapalign.worlds.shapes.annotator --out runs/annotator
+    python -m research.shapesworld.annotator --out runs/annotator
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from leapalign.worlds.shapes.evaluator import Detection, check
 from leapalign.worlds.shapes.prompts import CATEGORIES, load_metadata
 from leapalign.worlds.shapes.scenes import COLORS, SHAPES, Scene, _mask, render, scene_for
 from leapalign.worlds.shapes.score_train import CORRUPTIONS, augment, corrupt, fit, scene_detections
-from leapalign.worlds.shapes.segmenter import SceneSegmenter, SegmenterArch
+from research.shapesworld.segmenter import SceneSegmenter, SegmenterArch
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ def main() -> None:
     trainer.model.eval()
     metrics = heldout_accuracy(trainer.model)
     card = {
-        "command": f"python -m leapalign.worlds.shapes.annotator --out {args.out} --steps {args.steps} "
+        "command": f"python -m research.shapesworld.annotator --out {args.out} --steps {args.steps} "
         f"--batch {args.batch} --lr {args.lr} --seed {args.seed} --corruptions {','.join(corruptions)}",
         "train_seconds": round(elapsed, 1),
         "final_loss": final_loss,
