@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 PYTEST := $(PY) -m pytest
 
-.PHONY: setup test test-slow test-all demo lint format clean
+.PHONY: setup test test-slow test-research test-all demo lint format clean
 .PHONY: bench-methods bench-ablations bench-cost bench-cost-gpu bench-fidelity bench-report
 
 $(STAMP):
@@ -17,13 +17,16 @@ $(STAMP):
 
 setup: $(STAMP)
 
-test: setup            ## fast tier: under 10 minutes on 2 CPU cores
+test: setup            ## fast tier (incl. the import-layer contracts): under 5 minutes on 2 CPU cores
 	$(PYTEST) -q
 
-test-slow: setup       ## slow and multi-process tests only
+test-slow: setup       ## slow and multi-process (2-process DDP) tests only
 	$(PYTEST) -q -m "slow or distributed"
 
-test-all: setup
+test-research: setup   ## the reward-research tools outside the package (research/)
+	$(PYTEST) -q -m "" research/tests
+
+test-all: setup test-research
 	$(PYTEST) -q -m ""
 
 demo: setup            ## the main job: LeapAlign on ShapesWorld, evaluated before and after (runs/demo)
@@ -52,11 +55,12 @@ bench-report: setup    ## docs/benchmarks.md and its figures from the result fil
 	$(BENCH).report
 
 lint: setup
-	$(VENV)/bin/ruff check leapalign tests benchmarks
-	$(VENV)/bin/ruff format --check leapalign tests benchmarks
+	$(VENV)/bin/ruff check leapalign tests benchmarks research
+	$(VENV)/bin/ruff format --check leapalign tests benchmarks research
+	$(VENV)/bin/lint-imports --config pyproject.toml
 
 format: setup
-	$(VENV)/bin/ruff format leapalign tests benchmarks
+	$(VENV)/bin/ruff format leapalign tests benchmarks research
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

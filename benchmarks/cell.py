@@ -13,7 +13,6 @@ import json
 import shutil
 import statistics
 import time
-from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -49,27 +48,45 @@ def first_images(images: torch.Tensor, per_prompt: int, keep: int) -> torch.Tens
 
 
 def score(images: torch.Tensor, metadata: list[dict], per_prompt: int) -> dict[str, Any]:
-    """ShapesScore, ShapesEval and pixel diversity of prompt-major ``images``."""
+    """ShapesScore, ShapesEval and pixel diversity of prompt-major float ``images`` (not rounded to 8 bits: the
+    recorded cells were measured this way)."""
     from leapalign.diversity import prompt_diversity
-    from leapalign.evaluation import score_images
+    from leapalign.worlds.shapes.evaluator import evaluate
+    from leapalign.worlds.shapes.score import ShapesScore
 
-    flat = score_images(images, metadata, per_prompt)
+    metas = [m for m in metadata for _ in range(per_prompt)]
+    prompts = [m["prompt"] for m in metas]
+    scorer = ShapesScore()
+    with torch.no_grad():
+        scores = torch.cat([scorer(images[i : i + 256], prompts[i : i + 256]) for i in range(0, len(prompts), 256)])
+    result = evaluate(images, metas)
     groups = [i for i in range(len(metadata)) for _ in range(per_prompt)]
     return {
-        "shapes_score": flat["shapes_score.mean"],
-        "shapes_score_std": flat["shapes_score.std"],
-        "shapes_eval": {k.removeprefix(CATEGORY_PREFIX): v for k, v in flat.items() if k.startswith(CATEGORY_PREFIX)},
+        "shapes_score": scores.mean().item(),
+        "shapes_score_std": scores.std().item(),
+        "shapes_eval": {"overall": result.overall, **result.by_category},
         "diversity": prompt_diversity(images, groups),
-        "num_eval_images": flat["num_images"],
+        "num_eval_images": len(prompts),
     }
 
 
 def generate(model: Any, cfg: Any, metadata: list[dict], per_prompt: int) -> torch.Tensor:
-    """The fixed-seed evaluation images of ``model`` (image r of prompt i: seed ``seed + 1000 r + i``)."""
-    from leapalign.evaluation import generate_eval_images
+    """The fixed-seed evaluation images of ``model``, prompt-major (image r of prompt i: the library's
+    :func:`~leapalign.eval.image_seed`, ``seed + 1000 r + i`` for up to 1000 prompts)."""
+    from leapalign.eval import image_seed
+    from leapalign.sampling import generate as sample
 
-    ev = replace(cfg.evaluation, images_per_prompt=per_prompt)
-    return generate_eval_images(model, metadata, ev, cfg.sampler.height, cfg.sampler.width)
+    ev, n = cfg.evaluation, len(metadata)
+    pairs = [(i, r) for i in range(n) for r in range(per_prompt)]
+    return sample(
+        model,
+        [metadata[i]["prompt"] for i, _ in pairs],
+        seeds=[image_seed(ev.seed, i, r, n) for i, r in pairs],
+        num_steps=ev.num_steps,
+        height=cfg.sampler.height,
+        width=cfg.sampler.width,
+        batch_size=ev.batch_size,
+    )
 
 
 def curve_point(step: int, train_sec: float, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -147,10 +164,14 @@ class CellRunner:
         return metrics
 
     def save_grid(self, images: torch.Tensor, name: str) -> None:
-        from leapalign.evaluation import save_grid
+        """One row per prompt (up to 12, spread over the categories), one column per image, upscaled 4x."""
+        from leapalign.images import image_grid
 
-        save_grid(images, self.metadata, replace(self.cfg.evaluation, images_per_prompt=self.ev.images_per_prompt),
-                  self.run_dir / name)  # fmt: skip
+        r, n = self.ev.images_per_prompt, len(self.metadata)
+        rows = list(range(0, n, max(1, n // 12)))[:12]
+        picked = torch.cat([images[i * r : (i + 1) * r] for i in rows])
+        captions = [self.metadata[i]["prompt"] for i in rows]
+        image_grid(picked, ncols=r, scale=4, captions=captions).save(self.run_dir / name)
 
     def command(self) -> str:
         """The one command that recomputes this cell."""

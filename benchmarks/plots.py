@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from benchmarks.stats import mean_ci  # noqa: E402
+from leapalign.eval.stats import mean_ci  # noqa: E402
 
 ALPHA_COLORS = {0.0: "tab:blue", 0.3: "tab:orange", 1.0: "tab:red"}
 

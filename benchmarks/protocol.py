@@ -35,7 +35,16 @@ VOLATILE_RUN_KEYS = (
 )
 # Options added to the library after cells were recorded, with the default that reproduces those cells: left out
 # of the config hash while they hold it, so a new option does not make every finished cell stale.
-LATER_DEFAULTS: dict[str, object] = {"reward.combine": "sum"}
+LATER_DEFAULTS: dict[str, object] = {
+    "reward.combine": "sum",
+    # the world-agnostic core (issue 14): ShapesWorld became a plugin, its prompt balancing and evaluator explicit
+    "plugins": [],
+    "data.balance_by": "tag",
+    "evaluation.every_n_steps": 0,
+    "evaluation.limit": None,
+    "evaluation.rewards": [],
+    "evaluation.evaluators": [{"name": "shapes_eval", "args": {}}],
+}
 TOP_KEYS = {"base_config", "common", "evaluation", "seeds", "methods", "ablations"}
 
 
@@ -192,8 +201,8 @@ class Protocol:
             cfg.run.pop(key, None)
         for dotted, default in LATER_DEFAULTS.items():
             section, _, key = dotted.rpartition(".")
-            node = OmegaConf.select(cfg, section)
-            if node is not None and node.get(key) == default:
+            node = OmegaConf.select(cfg, section) if section else cfg
+            if node is not None and key in node and node.get(key) == default:
                 node.pop(key)
         if cell.is_base:  # the base evaluation does not depend on the training options
             for key in ("method", "train", "data", "reward"):

@@ -10,7 +10,7 @@ from typing import Any
 from benchmarks import plots
 from benchmarks.report_common import CATEGORIES, MEM_TARGET, NOT_RUN, TIME_TARGET, Section
 from benchmarks.report_cost import leapalign_targets, row, time_verdict
-from benchmarks.stats import fmt_ci, mean_ci, verdict
+from leapalign.eval.stats import fmt_ci, mean_ci, verdict
 
 
 def _variants(records: Sequence[dict[str, Any]]) -> list[str]:

@@ -4,7 +4,11 @@ Loading order: dataclass defaults <- YAML (a shipped name such as ``tiny/leapali
 <- validation. Unknown keys, wrong types and out-of-range values raise :class:`ConfigError` naming the key.
 
 Shorthands: ``method=NAME`` switches the method (its options reset to that method's defaults),
-``model=NAME`` sets ``model.name`` and ``reward=NAME[,NAME...]`` sets the reward terms (weight 1 each).
+``model=NAME`` sets ``model.name``, ``reward=NAME[,NAME...]`` sets the reward terms (weight 1 each), and
+``evaluation.rewards=NAME[,NAME...]`` / ``evaluation.evaluators=NAME[,NAME...]`` set those lists by name.
+
+The config's ``plugins:`` (and the installed ``leapalign.plugins`` entry points) are loaded before the sections
+are validated, so a plugin's models, rewards, evaluators and prompt sets are known by name.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from leapalign.evaluation import EvalConfig
+from leapalign.eval.config import EvalConfig, EvaluatorConfig
 from leapalign.methods import METHODS, method_config_class
 from leapalign.models.config import ModelConfig
+from leapalign.registry import RegistryError, load_plugins
 from leapalign.rewards.base import RewardConfig, RewardTermConfig
 
 PRECISIONS = ("no", "bf16", "fp16")
@@ -77,12 +82,15 @@ class DataConfig:
     """Training prompts.
 
     Attributes:
-        prompts: A ``.txt`` file (one prompt a line), a ``.jsonl`` file (``{"prompt": ...}`` per line), or the
-            name of a built-in list (``builtin:tiny``).
+        prompts: A prompt set (see :mod:`leapalign.data.prompts`): a registered name (``builtin:tiny``, those of
+            plugins), a ``.txt`` / ``.jsonl`` / ``.json`` file, or an import path.
+        balance_by: Give every value of this metadata key (e.g. GenEval's ``tag``) equal weight when sampling;
+            ``None``: every prompt equal weight.
         batch_size: Prompts per process per micro-batch.
     """
 
     prompts: str = "builtin:tiny"
+    balance_by: str | None = None
     batch_size: int = 2
 
 
@@ -100,9 +108,10 @@ class TrainConfig:
         mixed_precision: ``no``, ``bf16`` or ``fp16`` (accelerate autocast).
         ema_decay: EMA decay of the trainable weights (0 disables EMA).
         max_nan_steps: Consecutive skipped (non-finite) steps before training stops with an error.
-        replay_weight: Weight of the pretraining-loss replay regulariser (:mod:`leapalign.replay`, as ReFL);
-            0 disables it.
-        replay_source: Its data: ``shapes:train`` (ShapesWorld renders of the training prompts).
+        replay_weight: Weight of the pretraining-loss replay regulariser (:mod:`leapalign.regularizers`, as
+            ReFL); 0 disables it.
+        replay_source: Its data: a folder of captioned images, a ``.jsonl`` list of image/prompt pairs, a
+            registered source (a plugin's, e.g. a world's rendered scenes) or an import path.
         replay_batch_size: Real images per micro-batch for the replay loss (0: ``data.batch_size``).
     """
 
@@ -116,14 +125,17 @@ class TrainConfig:
     ema_decay: float = 0.995
     max_nan_steps: int = 3
     replay_weight: float = 0.0
-    replay_source: str = "shapes:train"
+    replay_source: str = ""
     replay_batch_size: int = 0
 
 
 @dataclass
 class ExperimentConfig:
-    """A whole experiment. ``method`` holds the options of the method named by ``method.name``."""
+    """A whole experiment. ``method`` holds the options of the method named by ``method.name``; ``plugins``
+    lists modules (or ``module:function``) to load first, whose models, rewards, evaluators, prompt sets and
+    replay sources the other sections may then name."""
 
+    plugins: list[str] = field(default_factory=list)
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
@@ -157,6 +169,11 @@ def _validate_ranges(cfg: ExperimentConfig) -> None:
         (0 <= cfg.train.ema_decay < 1, "train.ema_decay", "a number in [0, 1) (0 disables EMA)"),
         (cfg.train.replay_weight >= 0, "train.replay_weight", "a number >= 0 (0 disables replay)"),
         (cfg.train.replay_batch_size >= 0, "train.replay_batch_size", "an integer >= 0 (0: data.batch_size)"),
+        (
+            cfg.train.replay_weight == 0 or bool(cfg.train.replay_source),
+            "train.replay_source",
+            "a folder of captioned images, a .jsonl list or a registered source when train.replay_weight > 0",
+        ),
         (cfg.train.max_nan_steps >= 1, "train.max_nan_steps", "an integer >= 1"),
         (cfg.run.log_every >= 1, "run.log_every", "an integer >= 1"),
         (cfg.run.checkpoint_every >= 0, "run.checkpoint_every", "an integer >= 0"),
@@ -211,6 +228,12 @@ def _expand_shorthands(overrides: Sequence[str], base: DictConfig) -> list[str]:
             base.reward = OmegaConf.structured(
                 RewardConfig(terms=[RewardTermConfig(name=n.strip()) for n in value.split(",") if n.strip()])
             )
+        elif key in ("evaluation.rewards", "evaluation.evaluators") and not value.strip().startswith("{"):
+            names = [n.strip() for n in value.strip().strip("[]").split(",") if n.strip()]
+            cls = RewardTermConfig if key == "evaluation.rewards" else EvaluatorConfig
+            # built without __post_init__: names are checked after the plugins are loaded
+            nodes = [OmegaConf.merge(OmegaConf.structured(cls), {"name": n}) for n in names]
+            OmegaConf.update(base, key, nodes, merge=False)
         else:
             out.append(f"{key}={value}")
     return out
@@ -240,10 +263,15 @@ def load_config(config: str | None = None, overrides: Sequence[str] = ()) -> Exp
             _check_index(merged, key)
             OmegaConf.update(merged, key, OmegaConf.from_dotlist([f"value={value}"])["value"], merge=True)
         method_section = OmegaConf.to_container(merged.method, resolve=True)
+        plugins = [str(p) for p in OmegaConf.to_container(merged.plugins, resolve=True)]
     except ConfigError:
         raise
     except OmegaConfBaseException as err:
         raise ConfigError(_explain(err)) from err
+    try:
+        load_plugins(plugins)
+    except RegistryError as err:
+        raise ConfigError(f"invalid value for plugins: {err}") from err
     if not isinstance(method_section, dict) or "name" not in method_section:
         raise ConfigError(f"method must be a mapping with a name; allowed names: {', '.join(METHODS)}.")
     try:
@@ -260,7 +288,18 @@ def load_config(config: str | None = None, overrides: Sequence[str] = ()) -> Exp
     except ValueError as err:
         raise ConfigError(str(err)) from err
     _validate_ranges(cfg)
+    _validate_names(cfg)
     return cfg
+
+
+def _validate_names(cfg: ExperimentConfig) -> None:
+    """Every reward named by the config is registered or an import path (checked before anything is built)."""
+    from leapalign.rewards import REWARDS
+
+    for key, terms in (("reward.terms", cfg.reward.terms), ("evaluation.rewards", cfg.evaluation.rewards)):
+        for i, term in enumerate(terms):
+            if not REWARDS.is_known(term.name):
+                raise ConfigError(REWARDS.unknown(term.name).replace(REWARDS.key, f"{key}.{i}.name", 1) + ".")
 
 
 def _check_index(cfg: DictConfig, key: str) -> None:

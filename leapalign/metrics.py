@@ -1,4 +1,5 @@
-"""Metric logging: ``metrics.jsonl`` (always) and TensorBoard (optional), on the main process only."""
+"""Metric logging: ``metrics.jsonl`` (always) and TensorBoard (optional), on the main process only; peak memory;
+the training-reward curve."""
 
 from __future__ import annotations
 
@@ -79,3 +80,30 @@ def peak_memory_mb(device: torch.device) -> tuple[float, str]:
         return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return (rss / 2**20 if sys.platform == "darwin" else rss / 1024), "cpu_max_rss"
+
+
+def plot_reward_curve(metrics_path: Path, out: Path) -> None:
+    """Plots the training reward (mean per step, with a moving average) from ``metrics.jsonl``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [r for r in read_metrics(metrics_path) if r.get("reward_mean") is not None]
+    if not records:
+        return
+    steps = [r["step"] for r in records]
+    rewards = [r["reward_mean"] for r in records]
+    k = max(1, len(rewards) // 20)
+    smooth = [
+        sum(rewards[max(0, i - k + 1) : i + 1]) / len(rewards[max(0, i - k + 1) : i + 1]) for i in range(len(rewards))
+    ]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    ax.plot(steps, rewards, alpha=0.35, label="batch mean")
+    ax.plot(steps, smooth, label=f"moving average ({k})")
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("training reward")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)

@@ -1,12 +1,10 @@
-"""Inference helpers: no-grad generation with a :class:`FlowModel` and image grids (Pillow)."""
+"""Inference: no-grad generation of images with a :class:`FlowModel` (one seed per image)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
 from leapalign.flow import sample
@@ -58,22 +56,3 @@ def generate(
         ro = sample(lambda x, s, c=cond: model.velocity(x, s, c), noise, sigmas)
         out.append(model.decode(ro.latent, height, width).float().cpu())
     return torch.cat(out)
-
-
-def to_pil(images: Tensor) -> list[Image.Image]:
-    """Converts images in ``[0, 1]`` of shape ``(N, 3, H, W)`` to PIL images."""
-    arr = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return [Image.fromarray(np.ascontiguousarray(a)) for a in arr]
-
-
-def image_grid(images: Tensor, ncols: int, pad: int = 2, scale: int = 1) -> Image.Image:
-    """Pastes ``(N, 3, H, W)`` images into one grid (``ncols`` columns, white padding, optional upscaling)."""
-    tiles = to_pil(images)
-    if scale > 1:
-        tiles = [t.resize((t.width * scale, t.height * scale), Image.NEAREST) for t in tiles]
-    w, h = tiles[0].size
-    nrows = (len(tiles) + ncols - 1) // ncols
-    grid = Image.new("RGB", (ncols * (w + pad) + pad, nrows * (h + pad) + pad), "white")
-    for i, tile in enumerate(tiles):
-        grid.paste(tile, (pad + (i % ncols) * (w + pad), pad + (i // ncols) * (h + pad)))
-    return grid

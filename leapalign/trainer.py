@@ -23,19 +23,18 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from leapalign import checkpoint as ckpt
 from leapalign.config import ExperimentConfig, save_config
 from leapalign.data import PromptSampler, load_prompts
-from leapalign.evaluation import evaluate_model, plot_reward_curve
+from leapalign.ema import EMA
+from leapalign.eval.training import TrainingEvaluation
 from leapalign.methods import Batch, build_method, check_differentiable
-from leapalign.metrics import MetricLogger, peak_memory_mb
+from leapalign.metrics import MetricLogger, peak_memory_mb, plot_reward_curve
 from leapalign.models import build_model
 from leapalign.models.base import FlowModel, check_resolution
-from leapalign.replay import build_replay, flow_matching_loss
+from leapalign.regularizers import build_replay, flow_matching_loss
 from leapalign.rewards import build_reward
 
 logger = logging.getLogger(__name__)
@@ -54,33 +53,6 @@ class TrainResult:
     last_metrics: dict[str, Any]
     eval_before: dict[str, Any] | None = None
     eval_after: dict[str, Any] | None = None
-
-
-class EMA:
-    """Exponential moving average of the trainable weights (``torch.optim.swa_utils.AveragedModel``).
-
-    ``ema <- decay * ema + (1 - decay) * theta`` after every optimiser step, as the paper (decay 0.995).
-    """
-
-    def __init__(self, params: dict[str, nn.Parameter], decay: float) -> None:
-        self.names = list(params)
-        self.live = nn.ParameterList(params.values())
-        self.avg = AveragedModel(self.live, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
-        self.avg.update_parameters(self.live)  # starts at the initial weights
-
-    def update(self) -> None:
-        self.avg.update_parameters(self.live)
-
-    def named(self) -> dict[str, nn.Parameter]:
-        return dict(zip(self.names, self.avg.module, strict=True))
-
-    @torch.no_grad()
-    def swap(self) -> None:
-        """Exchanges live and EMA weights (call twice to restore)."""
-        for live, avg in zip(self.live, self.avg.module, strict=True):
-            tmp = live.detach().clone()
-            live.copy_(avg)
-            avg.copy_(tmp)
 
 
 def _generators(seed: int, rank: int, device: torch.device) -> dict[str, torch.Generator]:
@@ -128,7 +100,7 @@ class Trainer:
         acc = self.accelerator
         self.run_dir = Path(cfg.run.output_dir)
         # Validate everything cheap before building the model, so bad input fails fast and writes nothing.
-        self.prompts = load_prompts(cfg.data.prompts)
+        self.prompts = load_prompts(cfg.data.prompts, balance_by=cfg.data.balance_by)
         self.reward = build_reward(cfg.reward)
         self.method = build_method(cfg.method)
         check_differentiable(self.method, self.reward)
@@ -136,7 +108,18 @@ class Trainer:
         self.replay = None
         if t.replay_weight > 0:
             size = t.replay_batch_size or cfg.data.batch_size
-            self.replay = build_replay(t.replay_source, cfg.run.seed + acc.process_index, size)
+            seed = cfg.run.seed + acc.process_index
+            self.replay = build_replay(t.replay_source, seed, size, cfg.sampler.height, cfg.sampler.width)
+        self.evaluation = None
+        if cfg.evaluation.enabled:
+            self.evaluation = TrainingEvaluation(
+                cfg.evaluation,
+                cfg.reward.terms,
+                self.reward,
+                cfg.sampler.height,
+                cfg.sampler.width,
+                cfg.model.guidance_scale,
+            )
 
         torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
         self.model = build_model(cfg.model, device=acc.device)
@@ -292,8 +275,8 @@ class Trainer:
                 logger.warning("run.resume is set but %s has no checkpoint: starting from step 0", self.run_dir)
             else:
                 self.load_checkpoint(latest)
-        before = self.evaluate("before") if cfg.evaluation.enabled and self.step == 0 else None
         log = MetricLogger(self.run_dir, cfg.run.tensorboard, enabled=acc.is_main_process)
+        before = self.evaluate("before", log) if self.evaluation is not None and self.step == 0 else None
         world, t = acc.num_processes, cfg.train
         logger.info(
             "method=%s model=%s effective batch=%d (%d x %d accum x %d processes), %d trainable params",
@@ -317,17 +300,19 @@ class Trainer:
                 every = cfg.run.checkpoint_every
                 if every and self.step % every == 0 and self.step < t.max_steps:
                     self.save_checkpoint()
+                if self.evaluation is not None and self.evaluation.due(self.step, t.max_steps):
+                    self.evaluate(f"step_{self.step:06d}", log, use_ema=True)
+            self.save_checkpoint()
+            if cfg.run.export:
+                self.export(self.run_dir / "export")
+            after = None
+            if self.evaluation is not None:
+                after = self.evaluate("after", log, use_ema=True)
+                if acc.is_main_process:
+                    plot_reward_curve(self.run_dir / "metrics.jsonl", self.run_dir / "reward_curve.png")
         finally:
             bar.close()
             log.close()
-        self.save_checkpoint()
-        if cfg.run.export:
-            self.export(self.run_dir / "export")
-        after = None
-        if cfg.evaluation.enabled:
-            after = self.evaluate("after", use_ema=True)
-            if acc.is_main_process:
-                plot_reward_curve(self.run_dir / "metrics.jsonl", self.run_dir / "reward_curve.png")
         return TrainResult(self.step, self.run_dir, metrics, before, after)
 
     RUN_OUTPUTS = (
@@ -335,6 +320,7 @@ class Trainer:
         "checkpoints",
         "tensorboard",
         "export",
+        "eval",
         "eval_before.json",
         "eval_after.json",
         "samples_before.png",
@@ -362,10 +348,11 @@ class Trainer:
             logger.info("run.overwrite: removed the earlier run in %s", run)
         run.mkdir(parents=True, exist_ok=True)
 
-    def evaluate(self, tag: str, use_ema: bool = False) -> dict[str, Any] | None:
-        """Evaluates on the main process (unwrapped model, EMA weights if asked); writes eval_<tag>.json."""
-        acc, cfg = self.accelerator, self.cfg
-        result = None
+    def evaluate(self, tag: str, log: MetricLogger, use_ema: bool = False) -> dict[str, Any] | None:
+        """Evaluates on the main process (unwrapped model, EMA weights if asked and EMA is on) into
+        ``<run>/eval/<tag>``, logs its scalars at the current step, and returns ``eval.json``."""
+        acc, result = self.accelerator, None
+        assert self.evaluation is not None
         if acc.is_main_process:
             wrapped = self.model.transformer
             self.model.transformer = acc.unwrap_model(wrapped)
@@ -373,14 +360,14 @@ class Trainer:
             if swap:
                 self.ema.swap()
             try:
-                logger.info("evaluating (%s) on %s", tag, cfg.evaluation.prompts)
-                result = evaluate_model(
-                    self.model, cfg.evaluation, cfg.sampler.height, cfg.sampler.width, self.run_dir, tag
-                )
+                weights = "ema" if swap else "live"
+                identity = {"model": self.cfg.model.name, "step": self.step, "weights": weights}
+                result = self.evaluation(self.model, self.run_dir, tag, identity)
             finally:
                 if swap:
                     self.ema.swap()
                 self.model.transformer = wrapped
+            log.log(self.step, self.evaluation.scalars(result))
         acc.wait_for_everyone()
         return result
 

@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `benchmarks` is a folder of scripts at the repo root, not an installed package
 
-from benchmarks.stats import fmt_ci, mean_ci, verdict  # noqa: E402
+from leapalign.eval.stats import fmt_ci, mean_ci, verdict  # noqa: E402
 
 
 def run_module(module: str, *args: str) -> subprocess.CompletedProcess:

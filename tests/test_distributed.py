@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from leapalign.metrics import read_metrics
+
+pytestmark = pytest.mark.distributed  # launches two processes: `make test-slow`, not the default tier
 
 
 def _launch(run: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -2,9 +2,10 @@
 comparison of two evaluations (``compare.json``, ``compare.png``, ``report.md``).
 
 ``eval.json`` keys: ``<reward>.mean``, ``<reward>.std``, ``<reward>.ci95_low``, ``<reward>.ci95_high`` per
-reward (interval: see :mod:`leapalign.eval.stats`); ``shapes_eval.overall`` and ``shapes_eval.<category>`` for
-ShapesWorld prompts; ``diversity.pixel`` (and ``diversity.<reward>`` in that reward's feature space, when asked);
-``num_images``, ``num_prompts``, ``images_per_prompt``; ``settings`` (model, prompts, sampling, rewards).
+reward (Student-t interval over prompts: see :mod:`leapalign.eval.stats`); ``<evaluator>.overall`` and the
+evaluator's breakdown (e.g. one accuracy per GenEval category) per evaluator; ``diversity.pixel`` (and
+``diversity.<reward>`` in that reward's feature space, when asked); ``num_images``, ``num_prompts``,
+``images_per_prompt``; ``settings`` (model, prompts, sampling, rewards, evaluators).
 """
 
 from __future__ import annotations
@@ -16,14 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from leapalign.diversity import prompt_diversity
 from leapalign.eval.runner import EvalRun
-from leapalign.eval.stats import category_accuracy, group_means, summarize, win_rate
-from leapalign.evaluation import write_json
-from leapalign.sampling import image_grid
+from leapalign.eval.stats import group_means, summarize, win_rate
+from leapalign.eval.store import write_json
+from leapalign.images import fit_tiles, image_grid
 
 GRID_PROMPTS = 12
 GRID_COLUMNS = 8
@@ -51,12 +51,10 @@ def summarize_run(run: EvalRun, embeds: dict[str, Callable[[Tensor], Tensor]] | 
     for name in run.reward_names:
         stats = summarize([rec["scores"][name] for rec in run.records], groups)
         out.update({f"{name}.{k}": v for k, v in stats.items()})
-    if run.shapes:
-        from leapalign.worlds.shapes.prompts import CATEGORIES
-
-        tags = [run.prompt_set.entries[rec["prompt_index"]]["tag"] for rec in run.records]
-        acc = category_accuracy([float(rec["shapes_eval"]) for rec in run.records], tags, CATEGORIES)
-        out.update({f"shapes_eval.{k}": v for k, v in acc.items()})
+    entries = [run.prompt_set.entries[rec["prompt_index"]] for rec in run.records]
+    for evaluator in run.evaluators:
+        summary = evaluator.summarize([rec["evals"][evaluator.name] for rec in run.records], entries)
+        out.update({f"{evaluator.name}.{k}": v for k, v in summary.items()})
     if run.images_per_prompt >= 2:
         out["diversity.pixel"] = diversity(run)
         for name, embed in (embeds or {}).items():
@@ -67,44 +65,43 @@ def summarize_run(run: EvalRun, embeds: dict[str, Callable[[Tensor], Tensor]] | 
     return out
 
 
-def _tiles(images: Tensor, side: int = 256) -> tuple[Tensor, int]:
-    """Downscales large images to ``side`` pixels; returns them and the integer upscale for small ones."""
-    h, w = images.shape[-2:]
-    if max(h, w) > side:
-        size = (max(1, round(h * side / max(h, w))), max(1, round(w * side / max(h, w))))
-        return F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False), 1
-    return images, max(1, 128 // max(h, w))
+def _grid_rows(num_prompts: int, rows: int = GRID_PROMPTS) -> list[int]:
+    step = max(1, num_prompts // rows)
+    return list(range(0, num_prompts, step))[:rows]
 
 
-def _grid_rows(num_prompts: int) -> list[int]:
-    step = max(1, num_prompts // GRID_PROMPTS)
-    return list(range(0, num_prompts, step))[:GRID_PROMPTS]
-
-
-def save_grid(run: EvalRun, path: Path) -> None:
-    """One row per prompt (up to 12, spread over the set), up to 8 images each."""
+def save_grid(run: EvalRun, path: Path, rows: int = GRID_PROMPTS) -> None:
+    """One row per prompt (up to ``rows``, spread over the set), up to 8 images each, captioned with the prompt."""
     cols = min(run.images_per_prompt, GRID_COLUMNS)
-    images = torch.cat([_prompt_images(run, i, cols) for i in _grid_rows(len(run.prompt_set))])
-    tiles, scale = _tiles(images)
-    image_grid(tiles, ncols=cols, scale=scale).save(path)
+    picked = _grid_rows(len(run.prompt_set), rows)
+    images = torch.cat([_prompt_images(run, i, cols) for i in picked])
+    tiles, scale = fit_tiles(images)
+    captions = [run.prompt_set.entries[i]["prompt"] for i in picked]
+    image_grid(tiles, ncols=cols, scale=scale, captions=captions).save(path)
 
 
 def write_csv(run: EvalRun, path: Path) -> None:
-    """One row per image: index, prompt index, repeat, seed, prompt, file, one column per reward (and ShapesEval)."""
+    """One row per image: index, prompt index, repeat, seed, prompt, file, one column per reward and evaluator."""
     buf = io.StringIO()
     writer = csv.writer(buf)
-    extra = ["shapes_eval"] if run.shapes else []
-    writer.writerow(["index", "prompt_index", "repeat", "seed", "prompt", "file", *run.reward_names, *extra])
+    evals = run.evaluator_names
+    writer.writerow(["index", "prompt_index", "repeat", "seed", "prompt", "file", *run.reward_names, *evals])
     for k, rec in enumerate(run.records):
         row = [k, rec["prompt_index"], rec["repeat"], rec["seed"], rec["prompt"], rec["file"]]
-        row += [f"{rec['scores'][n]:.6g}" for n in run.reward_names] + ([int(rec["shapes_eval"])] if extra else [])
+        row += [f"{rec['scores'][n]:.6g}" for n in run.reward_names] + [f"{rec['evals'][n]:.6g}" for n in evals]
         writer.writerow(row)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(buf.getvalue())
     tmp.replace(path)
 
 
-def _metric_rows(metrics: dict[str, Any], reward_names: list[str]) -> list[str]:
+def _extra_keys(metrics: dict[str, Any], evaluator_names: list[str]) -> list[str]:
+    """The evaluator and diversity keys of ``metrics``, in order."""
+    prefixes = tuple(f"{n}." for n in evaluator_names) + ("diversity.",)
+    return [k for k in metrics if k.startswith(prefixes)]
+
+
+def _metric_rows(metrics: dict[str, Any], reward_names: list[str], evaluator_names: list[str]) -> list[str]:
     lines = ["| metric | mean | std | 95% interval |", "|---|---|---|---|"]
     for name in reward_names:
         m = metrics
@@ -112,7 +109,7 @@ def _metric_rows(metrics: dict[str, Any], reward_names: list[str]) -> list[str]:
             f"| {name} | {m[f'{name}.mean']:.4f} | {m[f'{name}.std']:.4f} | "
             f"[{m[f'{name}.ci95_low']:.4f}, {m[f'{name}.ci95_high']:.4f}] |"
         )
-    for key in (k for k in metrics if k.startswith(("shapes_eval.", "diversity."))):
+    for key in _extra_keys(metrics, evaluator_names):
         lines.append(f"| {key} | {metrics[key]:.4f} | | |")
     return lines
 
@@ -123,13 +120,13 @@ def _describe_model(identity: dict[str, Any]) -> str:
     return f"{base}, {identity.get('finetune')} fine-tuning, {weights}"
 
 
-def write_outputs(run: EvalRun, metrics: dict[str, Any], title: str) -> dict[str, Any]:
+def write_outputs(run: EvalRun, metrics: dict[str, Any], title: str, grid_rows: int = GRID_PROMPTS) -> dict[str, Any]:
     """Writes ``eval.json``, ``images.csv``, ``samples.png`` and ``report.md``; returns the ``eval.json`` content."""
     root = run.store.root
     data = dict(metrics, settings=run.store.settings)
     write_json(root / "eval.json", data)
     write_csv(run, root / "images.csv")
-    save_grid(run, root / "samples.png")
+    save_grid(run, root / "samples.png", grid_rows)
     s = run.store.settings
     samp = s["sampling"]
     lines = [
@@ -140,10 +137,10 @@ def write_outputs(run: EvalRun, metrics: dict[str, Any], title: str) -> dict[str
         f"= {metrics['num_images']})",
         f"- sampling: {samp['num_steps']} steps, guidance {samp['guidance']}, {samp['height']}x{samp['width']}, "
         f"seed {samp['seed']}",
-        "- 95% interval: mean +- 1.96 sd/sqrt(P) over the P per-prompt means; diversity: mean pairwise distance "
-        "between a prompt's images",
+        "- 95% interval: Student-t over the P per-prompt means, mean +- t(0.975, P-1) sd/sqrt(P); diversity: mean "
+        "pairwise distance between a prompt's images",
         "",
-        *_metric_rows(metrics, run.reward_names),
+        *_metric_rows(metrics, run.reward_names, run.evaluator_names),
         "",
         "![samples](samples.png)",
         "",
@@ -153,15 +150,15 @@ def write_outputs(run: EvalRun, metrics: dict[str, Any], title: str) -> dict[str
 
 
 def compare_runs(a: EvalRun, b: EvalRun, labels: tuple[str, str]) -> dict[str, Any]:
-    """Per-reward win rates of ``a`` over ``b`` on per-prompt mean scores (and ShapesEval accuracy)."""
+    """Per-reward and per-evaluator win rates of ``a`` over ``b`` on per-prompt means."""
     out: dict[str, Any] = {"labels": list(labels)}
     columns = [n for n in a.reward_names if n in b.reward_names]
-    if a.shapes and b.shapes:
-        columns.append("shapes_eval")
+    columns += [n for n in a.evaluator_names if n in b.evaluator_names]
     for name in columns:
+        field = "scores" if name in a.reward_names else "evals"
 
-        def per_prompt(run: EvalRun, name: str = name) -> dict[int, float]:
-            vals = [float(r["shapes_eval"]) if name == "shapes_eval" else r["scores"][name] for r in run.records]
+        def per_prompt(run: EvalRun, name: str = name, field: str = field) -> dict[int, float]:
+            vals = [r[field][name] for r in run.records]
             return group_means(vals, [r["prompt_index"] for r in run.records])
 
         out[name] = win_rate(per_prompt(a), per_prompt(b))
@@ -175,9 +172,11 @@ def write_comparison(
     comp = compare_runs(a, b, labels)
     write_json(root / "compare.json", dict(comp, **{labels[0]: ma, labels[1]: mb}))
     cols = min(a.images_per_prompt, GRID_COLUMNS // 2 or 1)
-    rows = [torch.cat([_prompt_images(a, i, cols), _prompt_images(b, i, cols)]) for i in _grid_rows(len(a.prompt_set))]
-    tiles, scale = _tiles(torch.cat(rows))
-    image_grid(tiles, ncols=2 * cols, scale=scale).save(root / "compare.png")
+    picked = _grid_rows(len(a.prompt_set))
+    rows = [torch.cat([_prompt_images(a, i, cols), _prompt_images(b, i, cols)]) for i in picked]
+    tiles, scale = fit_tiles(torch.cat(rows))
+    captions = [a.prompt_set.entries[i]["prompt"] for i in picked]
+    image_grid(tiles, ncols=2 * cols, scale=scale, captions=captions).save(root / "compare.png")
     la, lb = labels
     lines = [
         f"# Comparison: {la} vs {lb}",
@@ -189,12 +188,29 @@ def write_comparison(
         "|---|---|---|---|---|",
     ]
     for name in [n for n in comp if n != "labels"]:
-        key = "shapes_eval.overall" if name == "shapes_eval" else f"{name}.mean"
+        key = f"{name}.mean" if name in a.reward_names else f"{name}.overall"
         w = comp[name]
         lines.append(f"| {name} | {ma[key]:.4f} | {mb[key]:.4f} | {ma[key] - mb[key]:+.4f} | {w['win_rate']:.3f} |")
-    for key in (k for k in ma if k.startswith(("shapes_eval.", "diversity.")) and k != "shapes_eval.overall"):
+    headline = {f"{n}.overall" for n in a.evaluator_names}
+    for key in (k for k in _extra_keys(ma, a.evaluator_names) if k not in headline):
         if key in mb:
             lines.append(f"| {key} | {ma[key]:.4f} | {mb[key]:.4f} | {ma[key] - mb[key]:+.4f} | |")
     lines += ["", f"Left: {la}; right: {lb}.", "", "![comparison](compare.png)", ""]
     (root / "report.md").write_text("\n".join(lines))
     return comp
+
+
+def headline_keys(metrics: dict[str, Any]) -> list[str]:
+    """The headline keys of an ``eval.json``: each reward's mean, then every evaluator key."""
+    settings = metrics.get("settings", {})
+    names = [r["name"] if isinstance(r, dict) else r for r in settings.get("rewards", [])]
+    keys = [f"{n}.mean" for n in names]
+    return keys + _extra_keys(metrics, list(settings.get("evaluators", [])))
+
+
+def comparison_table(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """A Markdown table of two ``eval.json`` contents (before / after): reward means and evaluator keys."""
+    keys = [k for k in headline_keys(before) if not k.startswith("diversity.") and k in after]
+    lines = ["| metric | before | after | change |", "|---|---|---|---|"]
+    lines += [f"| {k} | {before[k]:.4f} | {after[k]:.4f} | {after[k] - before[k]:+.4f} |" for k in keys]
+    return "\n".join(lines)

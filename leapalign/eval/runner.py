@@ -1,9 +1,8 @@
-"""Generate and score the images of an evaluation, resumably.
+"""Generate, score and judge the images of an evaluation, resumably: the one evaluation path of the library,
+used by the trainer (before, every N steps, after) and by ``leapalign eval``.
 
-Image ``r`` of prompt ``i`` uses the seed ``seed + max(1000, P) * r + i`` (``P`` prompts), the convention of the
-training-time evaluation (:mod:`leapalign.evaluation`) for up to 1000 prompts, so both produce the same images.
-Scores are computed on the 8-bit images that the PNGs hold, so a resumed evaluation gives the same numbers as an
-uninterrupted one.
+Image ``r`` of prompt ``i`` uses the seed ``seed + max(1000, P) * r + i`` (``P`` prompts). Rewards and evaluators
+see the 8-bit images that the PNGs hold, so a resumed evaluation gives the same numbers as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -17,7 +16,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from leapalign.eval.prompts import PromptSet
+from leapalign.data.prompts import PromptSet
+from leapalign.eval.evaluators import Evaluator
 from leapalign.eval.store import EvalStore, image_path, quantize
 from leapalign.models.base import FlowModel, check_resolution
 from leapalign.rewards.base import RewardFn
@@ -64,14 +64,19 @@ def image_seed(seed: int, prompt_index: int, repeat: int, num_prompts: int) -> i
 
 @dataclass
 class EvalRun:
-    """A finished evaluation: its folder, prompt set, reward names and one record per image (prompt-major)."""
+    """A finished evaluation: its folder, prompt set, reward and evaluator names and one record per image
+    (prompt-major; ``scores[reward]`` and ``evals[evaluator]`` per image)."""
 
     store: EvalStore
     prompt_set: PromptSet
     reward_names: list[str]
     records: list[dict]
-    shapes: bool
+    evaluators: list[Evaluator]
     images_per_prompt: int
+
+    @property
+    def evaluator_names(self) -> list[str]:
+        return [e.name for e in self.evaluators]
 
 
 def run_evaluation(
@@ -79,6 +84,7 @@ def run_evaluation(
     prompt_set: PromptSet,
     rewards: Sequence[RewardFn],
     sampling: SamplingSettings,
+    evaluators: Sequence[Evaluator],
     out_dir: Path,
     model_identity: dict[str, Any],
     reward_identity: list[dict[str, Any]] | None = None,
@@ -92,6 +98,8 @@ def run_evaluation(
         prompt_set: The prompts.
         rewards: Rewards to score each image with (names must differ).
         sampling: Sampling settings.
+        evaluators: Evaluators to judge each image against its prompt entry (names must differ from each other
+            and from the rewards').
         out_dir: The evaluation folder (created; an earlier evaluation with the same settings is resumed).
         model_identity: What identifies the model (config, checkpoint), stored in ``settings.json``.
         reward_identity: What identifies each reward (name and arguments), likewise.
@@ -102,13 +110,16 @@ def run_evaluation(
         The :class:`EvalRun` with every image's record.
     """
     names = [r.name for r in rewards]
-    if len(set(names)) != len(names):
+    all_names = names + [e.name for e in evaluators]
+    if len(set(all_names)) != len(all_names):
         raise ValueError(
-            f"rewards must have distinct names, got {names} (e.g. the members of an ensemble reward); choose the "
-            f"ones to report with --rewards NAME and --reward-arg NAME.path=..., one evaluation per member."
+            f"rewards and evaluators must have distinct names, got {all_names} (e.g. the members of an ensemble "
+            f"reward); choose the ones to report with evaluation.rewards=NAME and "
+            f"evaluation.rewards.0.args.KEY=VALUE, one evaluation per member."
         )
     check_resolution(model, sampling.height, sampling.width)
-    shapes = prompt_set.is_shapes()
+    for evaluator in evaluators:  # missing metadata fails before any image is generated
+        evaluator.check(prompt_set.entries)
     settings = {
         "model": model_identity,
         "prompts": prompt_set.source,
@@ -116,7 +127,7 @@ def run_evaluation(
         "num_prompts": len(prompt_set),
         "sampling": sampling.identity(),
         "rewards": reward_identity if reward_identity is not None else names,
-        "shapes_eval": shapes,
+        "evaluators": [e.name for e in evaluators],
     }
     store = EvalStore(Path(out_dir), settings, overwrite=overwrite)
     for reward in rewards:  # load the reward weights now: a missing file fails before any image is generated
@@ -150,6 +161,7 @@ def run_evaluation(
                 "prompt": p,
                 "file": str(image_path(Path(), i, r)),
                 "scores": {},
+                "evals": {},
             }
             for (i, r), s, p in zip(chunk, seeds, prompts, strict=True)
         ]
@@ -159,12 +171,10 @@ def run_evaluation(
                 scores = reward(device_images, prompts).float().cpu()
                 for rec, value in zip(records, scores.tolist(), strict=True):
                     rec["scores"][reward.name] = value
-        if shapes:
-            from leapalign.worlds.shapes.evaluator import evaluate
-
-            result = evaluate(images, [prompt_set.entries[i] for i, _ in chunk])
-            for rec, ok in zip(records, result.correct, strict=True):
-                rec["shapes_eval"] = bool(ok)
+        for evaluator in evaluators:
+            values = evaluator(images, [prompt_set.entries[i] for i, _ in chunk])
+            for rec, value in zip(records, values, strict=True):
+                rec["evals"][evaluator.name] = float(value)
         for i in sorted({i for i, _ in chunk}):
             store.write_metadata(i, prompt_set.entries[i])
         store.add(records, images)
@@ -172,4 +182,4 @@ def run_evaluation(
     bar.close()
     final = store.records()
     ordered = [final[(i, r)] for i in range(n) for r in range(r_count)]
-    return EvalRun(store, prompt_set, names, ordered, shapes, r_count)
+    return EvalRun(store, prompt_set, names, ordered, list(evaluators), r_count)

@@ -1,29 +1,43 @@
-"""Statistics of an evaluation: mean, standard deviation and 95% interval per reward, ShapesEval breakdown,
-per-prompt win rates between two models.
+"""The statistics of the library, used by evaluation reports and benchmarks alike: means with two-sided
+Student-t intervals (scipy), per-group means, GenEval-style accuracy by category, win rates and a Welch test.
 
-The 95% interval treats prompts as the sampling unit, because the images of one prompt are correlated: with
-``P`` prompts and per-prompt mean scores ``m_p``, it is ``mean(m) +- 1.96 * sd(m) / sqrt(P)`` (normal
-approximation; with the same number of images per prompt ``mean(m)`` is the mean over images). With one prompt
-it falls back to the images.
+An evaluation's interval treats prompts as the sampling unit, because the images of one prompt are correlated:
+with ``P`` prompts and per-prompt mean scores ``m_p`` it is ``mean(m) +- t_{0.975, P-1} * sd(m) / sqrt(P)`` (with
+the same number of images per prompt ``mean(m)`` is the mean over images). With one prompt it falls back to the
+images.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
+from typing import Any
 
-Z95 = 1.959963984540054
-
-
-def _mean(xs: Sequence[float]) -> float:
-    return sum(xs) / len(xs)
+from scipy import stats as scipy_stats
 
 
-def _sd(xs: Sequence[float]) -> float:
-    if len(xs) < 2:
-        return 0.0
-    m = _mean(xs)
-    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+def t_half_width(sd: float, n: int, level: float = 0.95) -> float:
+    """Half-width of the two-sided Student-t interval of a mean of ``n`` values with standard deviation ``sd``."""
+    return float(scipy_stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+
+
+def mean_ci(values: Sequence[float], level: float = 0.95) -> dict[str, Any]:
+    """Mean and two-sided Student-t interval of ``values``.
+
+    Returns:
+        ``{"mean", "lo", "hi", "n", "sd"}``; ``lo``, ``hi`` and ``sd`` are ``None`` with fewer than 2 values.
+    """
+    vals = [float(v) for v in values]
+    n = len(vals)
+    if n == 0:
+        return {"mean": None, "lo": None, "hi": None, "n": 0, "sd": None}
+    mean = statistics.fmean(vals)
+    if n < 2:
+        return {"mean": mean, "lo": None, "hi": None, "n": 1, "sd": None}
+    sd = statistics.stdev(vals)
+    half = t_half_width(sd, n, level)
+    return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": n, "sd": sd}
 
 
 def group_means(values: Sequence[float], groups: Sequence[int]) -> dict[int, float]:
@@ -31,29 +45,31 @@ def group_means(values: Sequence[float], groups: Sequence[int]) -> dict[int, flo
     acc: dict[int, list[float]] = {}
     for v, g in zip(values, groups, strict=True):
         acc.setdefault(int(g), []).append(float(v))
-    return {g: _mean(vs) for g, vs in acc.items()}
+    return {g: statistics.fmean(vs) for g, vs in acc.items()}
 
 
 def summarize(values: Sequence[float], groups: Sequence[int]) -> dict[str, float]:
-    """``mean``, ``std`` (over images), ``ci95_low`` / ``ci95_high`` (over prompt means) and ``n``."""
+    """``mean``, ``std`` (over images), ``ci95_low`` / ``ci95_high`` (Student-t over prompt means)."""
     if not values:
         raise ValueError("no values to summarise.")
-    means = list(group_means(values, groups).values())
-    units = means if len(means) > 1 else [float(v) for v in values]
-    mean = _mean([float(v) for v in values])
-    half = Z95 * _sd(units) / math.sqrt(len(units))
-    return {"mean": mean, "std": _sd([float(v) for v in values]), "ci95_low": mean - half, "ci95_high": mean + half}
+    vals = [float(v) for v in values]
+    means = list(group_means(vals, groups).values())
+    units = means if len(means) > 1 else vals
+    mean = statistics.fmean(vals)
+    half = t_half_width(statistics.stdev(units), len(units)) if len(units) > 1 else 0.0
+    std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return {"mean": mean, "std": std, "ci95_low": mean - half, "ci95_high": mean + half}
 
 
-def category_accuracy(correct: Sequence[float], tags: Sequence[str], order: Sequence[str]) -> dict[str, float]:
-    """GenEval-style summary: accuracy per category (in ``order``, then others) and ``overall``, the mean over
-    the categories present."""
+def category_accuracy(correct: Sequence[float], tags: Sequence[str], order: Sequence[str] = ()) -> dict[str, float]:
+    """GenEval-style summary: accuracy per category (in ``order``, then the others sorted) and ``overall``, the
+    mean over the categories present."""
     hits: dict[str, list[float]] = {}
     for ok, tag in zip(correct, tags, strict=True):
         hits.setdefault(tag, []).append(float(ok))
     cats = [c for c in order if c in hits] + sorted(t for t in hits if t not in order)
-    by_cat = {c: _mean(hits[c]) for c in cats}
-    return {"overall": _mean(list(by_cat.values())), **by_cat}
+    by_cat = {c: statistics.fmean(hits[c]) for c in cats}
+    return {"overall": statistics.fmean(by_cat.values()), **by_cat}
 
 
 def win_rate(a: dict[int, float], b: dict[int, float]) -> dict[str, float]:
@@ -69,6 +85,35 @@ def win_rate(a: dict[int, float], b: dict[int, float]) -> dict[str, float]:
         "wins": float(wins),
         "ties": float(ties),
         "losses": float(len(common) - wins - ties),
-        "mean_diff": _mean([a[p] - b[p] for p in common]),
+        "mean_diff": statistics.fmean(a[p] - b[p] for p in common),
         "prompts": float(len(common)),
     }
+
+
+def welch(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Two-sided Welch t-test p-value of ``mean(a) != mean(b)`` (``None`` with fewer than 2 values each)."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    if statistics.stdev(a) == 0 and statistics.stdev(b) == 0:
+        return 0.0 if statistics.fmean(a) != statistics.fmean(b) else 1.0
+    return float(scipy_stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def verdict(a: Sequence[float], b: Sequence[float], alpha: float = 0.05) -> str:
+    """``"higher"``, ``"lower"`` or ``"no significant difference"`` for ``a`` against ``b`` (Welch, ``alpha``);
+    ``"too few seeds"`` with fewer than 2 values on a side."""
+    p = welch(a, b)
+    if p is None:
+        return "too few seeds"
+    if p >= alpha:
+        return "no significant difference"
+    return "higher" if statistics.fmean(a) > statistics.fmean(b) else "lower"
+
+
+def fmt_ci(s: dict[str, Any], digits: int = 3) -> str:
+    """``0.512 ± 0.021`` (half-width of the interval), ``0.512`` for one value, ``–`` for none."""
+    if s["mean"] is None:
+        return "–"
+    if s["lo"] is None:
+        return f"{s['mean']:.{digits}f}"
+    return f"{s['mean']:.{digits}f} ± {(s['hi'] - s['lo']) / 2:.{digits}f}"

@@ -44,6 +44,13 @@ def save_png(image: Tensor, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Writes JSON atomically (a temporary file renamed into place)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
 def load_png(path: Path) -> Tensor:
     """Reads a PNG as a ``(3, H, W)`` float tensor in ``[0, 1]``."""
     arr = np.asarray(Image.open(path).convert("RGB"))

@@ -1,4 +1,5 @@
-"""Flow models (Flux, SD3 and their tiny random-init twins) behind one :class:`FlowModel` interface."""
+"""Flow models (Flux, SD3 and their tiny random-init twins) behind one :class:`FlowModel` interface, and the
+model registry :data:`MODELS` that plugins extend."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from leapalign.models.finetune import (
     unwrap_model,
 )
 from leapalign.models.flux import FluxAdapter, check_pretrained_path
+from leapalign.models.registry import MODELS
 from leapalign.models.sd3 import SD3Adapter
 from leapalign.models.text import FluxTextEncoder, PromptCache, SD3TextEncoder, TextEncoder
 from leapalign.models.tiny import build_tiny_flux_pipeline, build_tiny_sd3_pipeline
@@ -27,6 +29,7 @@ __all__ = [
     "FlowModel",
     "FluxAdapter",
     "FluxTextEncoder",
+    "MODELS",
     "ModelConfig",
     "PromptCache",
     "SD3Adapter",
@@ -45,11 +48,32 @@ __all__ = [
 ]
 
 
-def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> FluxAdapter | SD3Adapter:
+def _tiny_flux(cfg: ModelConfig) -> FluxAdapter:
+    return FluxAdapter.from_pipeline(build_tiny_flux_pipeline(cfg.seed), cfg)
+
+
+def _tiny_sd3(cfg: ModelConfig) -> SD3Adapter:
+    return SD3Adapter.from_pipeline(build_tiny_sd3_pipeline(cfg.seed), cfg)
+
+
+def _flux(cfg: ModelConfig) -> FluxAdapter:
+    return FluxAdapter.from_pretrained(check_pretrained_path(cfg.path, "flux"), cfg)
+
+
+def _sd3(cfg: ModelConfig) -> SD3Adapter:
+    return SD3Adapter.from_pretrained(check_pretrained_path(cfg.path, "sd3"), cfg)
+
+
+MODELS.register("tiny-flux", _tiny_flux, "random-init Flux-architecture model built in-process (tests, CPU)")
+MODELS.register("tiny-sd3", _tiny_sd3, "random-init SD3-architecture model built in-process (tests, CPU)")
+MODELS.register("flux", _flux, "FLUX.1 (dev layout) from model.path: a diffusers pipeline folder or hub id")
+MODELS.register("sd3", _sd3, "SD3 / SD3.5 from model.path: a diffusers pipeline folder or hub id")
+
+
+def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> FlowModel:
     """Builds the configured model, prepares it for training (LoRA or full) and moves it to ``device``.
 
-    ``tiny-flux`` / ``tiny-sd3`` are random-init and built in-process from ``cfg.seed``; ``flux`` / ``sd3``
-    are loaded from ``cfg.path`` (local diffusers pipeline folder or hub id).
+    The builder comes from :data:`MODELS` (``cfg.name``: a registered name or an import path).
 
     Args:
         cfg: The ``model.*`` configuration.
@@ -58,21 +82,7 @@ def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> FluxAda
     Returns:
         The adapter, satisfying :class:`FlowModel`.
     """
-    model: FluxAdapter | SD3Adapter
-    if cfg.name == "shapes":
-        from leapalign.worlds.shapes.model import build_shapes_model
-
-        model = build_shapes_model(cfg)
-    elif cfg.name == "tiny-flux":
-        model = FluxAdapter.from_pipeline(build_tiny_flux_pipeline(cfg.seed), cfg)
-    elif cfg.name == "tiny-sd3":
-        model = SD3Adapter.from_pipeline(build_tiny_sd3_pipeline(cfg.seed), cfg)
-    elif cfg.name == "flux":
-        model = FluxAdapter.from_pretrained(check_pretrained_path(cfg.path, "flux"), cfg)
-    elif cfg.name == "sd3":
-        model = SD3Adapter.from_pretrained(check_pretrained_path(cfg.path, "sd3"), cfg)
-    else:  # ModelConfig validates the name; kept for configs built without __post_init__
-        raise ValueError(f"model.name={cfg.name!r} is unknown; allowed values: tiny-flux, tiny-sd3, flux, sd3.")
+    model = MODELS.resolve(cfg.name)(cfg)
     prepare_for_training(model, cfg)
     logger.info("built model %s (finetune=%s) on %s", cfg.name, cfg.finetune, device)
     return model.to(device)

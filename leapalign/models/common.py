@@ -38,3 +38,16 @@ def vae_decode(vae: nn.Module, latents: Tensor, scaling_factor: float, shift_fac
     vae_dtype = next(vae.parameters()).dtype
     img = vae.decode(lat.to(vae_dtype), return_dict=False)[0].to(latents.dtype)
     return (img * 0.5 + 0.5).clamp(0.0, 1.0)
+
+
+@torch.no_grad()
+def vae_encode(vae: nn.Module, images: Tensor, scaling_factor: float, shift_factor: float) -> Tensor:
+    """VAE encode of images in ``[0, 1]`` ``(B, 3, H, W)`` to normalised, unpacked latents ``(B, C, h, w)``.
+
+    The inverse of :func:`vae_decode`: ``(z - shift) * scaling`` with ``z`` the posterior mean (the mode, so the
+    same image always gives the same latent; the pretraining loss adds its own noise). No gradient: the VAE is
+    frozen and the images are data.
+    """
+    vae_dtype = next(vae.parameters()).dtype
+    z = vae.encode((images * 2.0 - 1.0).to(vae_dtype)).latent_dist.mode()
+    return ((z.float() - shift_factor) * scaling_factor).to(images.dtype)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-MODEL_NAMES = ("shapes", "tiny-flux", "tiny-sd3", "flux", "sd3")
+from leapalign.models.registry import MODELS
+
 FINETUNE_MODES = ("lora", "full")
 DTYPES = ("fp32", "bf16", "fp16")
 
@@ -17,11 +18,11 @@ class ModelConfig:
     ``guidance_scale=3.5``, ``weights_dtype="fp32"``, ``gradient_checkpointing=False``.
 
     Attributes:
-        name: One of ``shapes`` (the shipped ShapesWorld base model, or the one in ``path``), ``tiny-flux``,
-            ``tiny-sd3`` (random-init, built in-process, no download), ``flux``
-            (FLUX.1-dev layout) or ``sd3`` (SD3 / SD3.5 layout).
-        path: Local directory or hub id of a diffusers pipeline folder (``flux``/``sd3``); for ``shapes`` an optional
-            transformer folder replacing the shipped base; ignored by tiny models.
+        name: A registered model (``leapalign models`` lists them): ``tiny-flux``, ``tiny-sd3`` (random-init,
+            built in-process, no download), ``flux`` (FLUX.1-dev layout), ``sd3`` (SD3 / SD3.5 layout), those of
+            loaded plugins, or an import path ``my_pkg.models:build`` to a builder ``(ModelConfig) -> FlowModel``.
+        path: Local directory or hub id of a diffusers pipeline folder (``flux``/``sd3``); models of plugins
+            define their own use of it; ignored by tiny models.
         finetune: ``lora`` (peft adapters on the transformer) or ``full`` (every transformer weight).
         lora_rank: LoRA rank ``r``.
         lora_alpha: LoRA scaling numerator ``alpha`` (the update is scaled by ``alpha / r``).
@@ -47,8 +48,8 @@ class ModelConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.name not in MODEL_NAMES:
-            raise ValueError(f"model.name={self.name!r} is unknown; allowed values: {', '.join(MODEL_NAMES)}.")
+        if not MODELS.is_known(self.name):
+            raise ValueError(MODELS.unknown(self.name) + ".")
         if self.finetune not in FINETUNE_MODES:
             raise ValueError(f"model.finetune={self.finetune!r} is invalid; allowed values: lora, full.")
         if self.weights_dtype not in DTYPES:

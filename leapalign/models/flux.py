@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from leapalign.flow.schedule import flux_sigmas
 from leapalign.models.base import Conditioning, check_resolution
-from leapalign.models.common import TransformerPlumbing, vae_decode
+from leapalign.models.common import TransformerPlumbing, vae_decode, vae_encode
 from leapalign.models.config import ModelConfig
 from leapalign.models.finetune import cast_module, unwrap_model, weight_dtypes
 from leapalign.models.text import FluxTextEncoder, PromptCache, TextEncoder
@@ -275,12 +275,13 @@ class FluxAdapter(TransformerPlumbing):
         return (img * 0.5 + 0.5).clamp(0.0, 1.0)
 
     def encode_pixels(self, images: Tensor) -> Tensor:
-        """Pixel-space models only: images in ``[0, 1]`` ``(B, C_img, H, W)`` -> latents ``(B, h, w, 4C)``.
+        """Images in ``[0, 1]`` ``(B, C_img, H, W)`` -> packed latents ``(B, h, w, 4C)`` (the pretraining-loss replay).
 
-        The exact inverse of :meth:`decode` (before clamping), used to train pixel-space models from scratch.
+        With a VAE: its posterior mean, normalised as :meth:`decode` expects (no gradient). In pixel space: the
+        exact inverse of :meth:`decode` (before clamping), used to train pixel-space models from scratch.
         """
         if self.vae is not None:
-            raise ValueError("encode_pixels is for pixel-space models (vae=None); encode with the VAE instead.")
+            return self.pack(vae_encode(self.vae, images, self.scaling_factor, self.shift_factor))
         x = images * 2.0 - 1.0
         if self.vae_scale_factor > 1:
             x = F.pixel_unshuffle(x, self.vae_scale_factor)

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from leapalign.flow.schedule import sd3_sigmas
 from leapalign.models.base import Conditioning, check_resolution
-from leapalign.models.common import TransformerPlumbing, vae_decode
+from leapalign.models.common import TransformerPlumbing, vae_decode, vae_encode
 from leapalign.models.config import ModelConfig
 from leapalign.models.finetune import cast_module, unwrap_model, weight_dtypes
 from leapalign.models.flux import broadcast_sigma, check_pretrained_path
@@ -144,6 +144,11 @@ class SD3Adapter(TransformerPlumbing):
         if tuple(latents.shape[1:]) != expected:
             raise ValueError(f"latents of shape {tuple(latents.shape)} do not match {height}x{width} ({expected}).")
         return vae_decode(self.vae, latents, self.scaling_factor, self.shift_factor)
+
+    def encode_pixels(self, images: Tensor) -> Tensor:
+        """Images in ``[0, 1]`` ``(B, 3, H, W)`` -> normalised latents ``(B, C, H/f, W/f)``, the VAE's posterior
+        mean (no gradient), as the pretraining-loss replay needs."""
+        return vae_encode(self.vae, images, self.scaling_factor, self.shift_factor)
 
     def to(self, device: torch.device | str) -> SD3Adapter:
         """Moves transformer, VAE, text encoders and cached embeddings to ``device``."""

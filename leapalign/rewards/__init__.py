@@ -1,4 +1,4 @@
-"""Rewards: the registry, weighted sums and a dotted-import-path escape hatch for user rewards.
+"""Rewards: the registry :data:`REWARDS`, weighted sums and a dotted-import-path fallback for user rewards.
 
 The model-based rewards (``hpsv2``, ``pickscore``, ``clip_score``, ``aesthetic``, ``image_reward``) load their
 weights lazily on the first call; see ``docs/rewards.md`` for what each needs and where to put it.
@@ -17,19 +17,16 @@ from typing import Any
 
 from torch import Tensor
 
+from leapalign.registry import Registry
 from leapalign.rewards.base import RewardConfig, RewardFn, RewardTermConfig, WeightedReward
 from leapalign.rewards.synthetic import Brightness, PngCompressibility, PromptColor, Saturation, TargetColor
 
-REWARDS: dict[str, tuple[Callable[..., RewardFn], str]] = {
+_BUILTIN: dict[str, tuple[Callable[..., RewardFn], str]] = {
     "brightness": (Brightness, "mean pixel intensity; no weights needed"),
     "saturation": (Saturation, "mean colour saturation; no weights needed"),
     "target_color": (TargetColor, "closeness to one colour (args: color); no weights needed"),
     "prompt_color": (PromptColor, "closeness to the prompt's colour word; no weights needed"),
     "png_compressibility": (PngCompressibility, "negative PNG size in kB; NOT differentiable"),
-    "shapes_score": (
-        lambda **kw: _shapes_score(**kw),
-        "ShapesWorld's learned CLIP-style reward (shipped weights; args: path); cosine similarity in [-1, 1]",
-    ),
     "hpsv2": (
         lambda **kw: _lazy("hpsv2", "HPSv2", **kw),
         "HPSv2.1 (default) / HPSv2.0 human preference score, cosine ~0.2-0.4; needs HPS_v2.1_compressed.pt "
@@ -64,6 +61,12 @@ REWARDS: dict[str, tuple[Callable[..., RewardFn], str]] = {
 }
 
 
+REWARDS: Registry = Registry("reward", "reward.terms[].name")
+"""Registered rewards: ``builder(**args) -> RewardFn``; plugins add theirs with ``REWARDS.register``."""
+for _name, (_builder, _doc) in _BUILTIN.items():
+    REWARDS.register(_name, _builder, _doc)
+
+
 def _lazy(module: str, cls: str, **kwargs: Any) -> RewardFn:
     """Imports a model-based reward class only when it is used (keeps ``import leapalign.rewards`` light)."""
     return getattr(importlib.import_module(f"leapalign.rewards.{module}"), cls)(**kwargs)
@@ -78,12 +81,6 @@ def _hpsv3(**kwargs: Any) -> RewardFn:
     )
 
 
-def _shapes_score(**kwargs: Any) -> RewardFn:
-    from leapalign.worlds.shapes.score import ShapesScore
-
-    return ShapesScore(**kwargs)
-
-
 class _FunctionReward:
     """Adapts a plain function ``fn(images, prompts) -> Tensor[B]`` to :class:`RewardFn`."""
 
@@ -96,25 +93,11 @@ class _FunctionReward:
         return self.fn(images, prompts)
 
 
-def _import_object(path: str) -> Any:
-    module_name, _, attr = path.partition(":") if ":" in path else path.rpartition(".")
-    try:
-        module = importlib.import_module(module_name)
-        return getattr(module, attr)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise ValueError(f"cannot import reward {path!r} ({err}); give 'package.module:Object'.") from err
-
-
 def build_reward_term(term: RewardTermConfig) -> RewardFn:
     """Builds one reward from a registry name or a dotted import path (class or function)."""
     if term.name in REWARDS:
-        return REWARDS[term.name][0](**term.args)
-    if "." not in term.name and ":" not in term.name:
-        raise ValueError(
-            f"unknown reward {term.name!r}; known rewards: {', '.join(sorted(REWARDS))}, "
-            f"or a dotted import path such as 'my_pkg.rewards:MyReward'."
-        )
-    obj = _import_object(term.name)
+        return REWARDS.resolve(term.name)(**term.args)
+    obj = REWARDS.resolve(term.name)  # an import path, or an error listing the registered rewards
     if isinstance(obj, type):
         return obj(**term.args)
     if callable(obj):

@@ -22,9 +22,11 @@ def setup(tmp_path_factory) -> dict:
     prompts = root / "prompts.txt"
     prompts.write_text("a red circle\n# a comment\n\na blue square on white\na photo of a cat\n")
     clip = save_tiny_clip_folder(root / "clip")
-    args = ["--config", "tiny/leapalign", "--prompts", str(prompts), "--images-per-prompt", "2", "--steps", "2"]
-    args += ["--resolution", "32", "--batch-size", "2", "--rewards", "brightness,clip_score", "--no-progress"]
-    args += ["--reward-arg", f"clip_score.model={clip}", "--diversity-reward", "clip_score"]
+    # one override grammar: everything that is a config key is key=value, as for `leapalign train`
+    args = ["--config", "tiny/leapalign", "--no-progress", "--diversity-reward", "clip_score"]
+    args += [f"evaluation.prompts={prompts}", "evaluation.images_per_prompt=2", "evaluation.num_steps=2"]
+    args += ["sampler.height=32", "sampler.width=32", "evaluation.batch_size=2"]
+    args += ["evaluation.rewards=brightness,clip_score", f"evaluation.rewards.1.args.model={clip}"]
     return {"root": root, "args": args}
 
 
@@ -79,7 +81,7 @@ def test_eval_writes_everything_and_resumes_after_an_interruption(setup, monkeyp
     calls, counting = _counting_generate()
     monkeypatch.setattr(runner, "generate", counting)
     assert main(["eval", *args, "--out", str(part)]) == 0 and calls == []  # all done: nothing regenerated
-    assert main(["eval", *args, "--steps", "3", "--out", str(part)]) == 2
+    assert main(["eval", *args, "evaluation.num_steps=3", "--out", str(part)]) == 2
     assert "other settings (differing: sampling)" in capsys.readouterr().err
 
 
@@ -121,7 +123,7 @@ def test_full_fine_tuning_checkpoint(setup) -> None:
     train = ["train", "--config", "tiny/leapalign", f"run.output_dir={run}", "model.finetune=full", "train.lr=1e-2"]
     assert main([*train, "train.max_steps=1", "sampler.num_steps=2", "run.tensorboard=false", "run.export=false"]) == 0
     out = root / "full_ft_eval"
-    assert main(["eval", *args, "--run", str(run), "--compare", "base", "--limit", "1", "--out", str(out)]) == 0
+    assert main(["eval", *args, "--run", str(run), "--compare", "base", "evaluation.limit=1", "--out", str(out)]) == 0
     comp = json.loads((out / "compare.json").read_text())
     assert json.loads((out / "A/settings.json").read_text())["model"]["finetune"] == "full"
     assert comp["full_ft"]["brightness.mean"] != comp["base"]["brightness.mean"]

@@ -87,11 +87,13 @@ Held-out ranking accuracy (renders of the held-out prompts; the true prompt must
 def main() -> None:
     parser = argparse.ArgumentParser(description="Write the model cards of the shipped ShapesWorld weights")
     parser.add_argument("--pretrain-run", type=Path, default=Path("runs/shapes-pretrain"))
+    parser.add_argument("--eval-out", type=Path, default=Path("runs/shapes-cards-eval"), help="evaluation folder")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    from leapalign.evaluation import EvalConfig, evaluate_model
-    from leapalign.models import build_model
-    from leapalign.models.config import ModelConfig
+    from leapalign.data import load_prompt_set
+    from leapalign.eval import SamplingSettings, build_evaluator, run_evaluation, summarize_run
+    from leapalign.models import ModelConfig, build_model
+    from leapalign.rewards import RewardTermConfig, build_reward_term
     from leapalign.worlds.shapes.model import base_weights
     from leapalign.worlds.shapes.score import default_weights
 
@@ -99,7 +101,18 @@ def main() -> None:
     (score_dir / "README.md").write_text(score_card(json.loads((score_dir / "config.json").read_text())))
     state = json.loads((args.pretrain_run / "checkpoint" / "state.json").read_text())
     model = build_model(ModelConfig(name="shapes", finetune="full", guidance_scale=3.0))
-    metrics = evaluate_model(model, EvalConfig(images_per_prompt=4), 32, 32)
+    sampling = SamplingSettings(images_per_prompt=4, num_steps=25, height=32, width=32, guidance=3.0, batch_size=64)
+    run = run_evaluation(
+        model,
+        load_prompt_set("shapes:eval"),
+        [build_reward_term(RewardTermConfig("shapes_score"))],
+        sampling,
+        [build_evaluator("shapes_eval")],
+        args.eval_out,
+        {"model": "shapes", "weights": str(base_weights())},
+        overwrite=True,
+    )
+    metrics = {**summarize_run(run), "num_steps": sampling.num_steps}
     params = sum(p.numel() for p in model.transformer.parameters())
     (base_weights() / "README.md").write_text(base_card(state, metrics, params))
     (base_weights() / "card.json").write_text(json.dumps({"pretrain_state": state, "heldout": metrics}, indent=1))

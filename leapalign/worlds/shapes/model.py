@@ -14,8 +14,7 @@ from pathlib import Path
 import torch
 from diffusers import FluxTransformer2DModel
 
-from leapalign.models.config import ModelConfig
-from leapalign.models.flux import FluxAdapter
+from leapalign.models import FluxAdapter, ModelConfig
 from leapalign.worlds.shapes.text import EMBED_DIM, MiniLMEncoder
 
 PIXEL_FOLD = 2  # space-to-depth factor: tokens are 2 * PIXEL_FOLD pixels wide

@@ -79,7 +79,7 @@ def test_short_leapalign_run_raises_shapes_score(tmp_path: Path) -> None:
         ]
     )
     assert rc == 0
-    prompts = load_prompts("shapes:train")[::81][:32]
+    prompts = load_prompts("shapes:train", balance_by="tag")[::81][:32]
     seeds = list(range(len(prompts)))
     reward = ShapesScore()
 

@@ -78,7 +78,7 @@ def test_scene_for_places_the_requested_objects() -> None:
 
 
 def test_category_balanced_prompt_loader() -> None:
-    prompts = load_prompts("shapes:train")
+    prompts = load_prompts("shapes:train", balance_by="tag")
     tags = {m["prompt"]: m["tag"] for m in load_metadata("train")}
     per_cat = {c: sum(tags[p] == c for p in prompts) for c in CATEGORIES}
     assert len(set(per_cat.values())) == 1

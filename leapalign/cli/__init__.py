@@ -1,4 +1,4 @@
-"""Command line: ``leapalign train | eval | sample | configs | rewards | accelerate-config``.
+"""Command line: ``leapalign train | eval | sample | configs | rewards | list | accelerate-config``.
 
 Errors in the input are reported in one line (exit code 2); set LEAPALIGN_DEBUG=1 for the traceback.
 
@@ -7,7 +7,8 @@ Examples:
     leapalign train --config tiny/leapalign method=drtune run.output_dir=runs/drtune
     leapalign train                                  # the default: LeapAlign on ShapesWorld
     leapalign eval --run runs/demo                   # ShapesScore + ShapesEval on the held-out prompts
-    leapalign eval --run runs/flux --prompts hpdv2_test.json --rewards hpsv2,pickscore --compare base
+    leapalign eval --run runs/flux evaluation.prompts=hpdv2_test.json evaluation.rewards=hpsv2,pickscore --compare base
+    leapalign list models                            # what is registered (built-ins and plugins)
     leapalign sample --run runs/drtune --prompt "a red circle" --num 4 --out grid.png
     accelerate launch --config_file "$(leapalign accelerate-config ddp_cpu)" -m leapalign.cli train ...
 """
@@ -44,16 +45,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
         tail = f", last reward_mean {reward:.4f}" if reward is not None else ""
         print(f"trained {result.step} steps; run directory {result.run_dir}{tail}")
         if result.eval_before and result.eval_after:
-            from leapalign.evaluation import comparison_table
+            from leapalign.eval.report import comparison_table
 
-            print(f"\nHeld-out evaluation ({result.eval_after['num_images']} images, EMA weights after):")
+            print(f"\nEvaluation ({result.eval_after['num_images']} images, EMA weights after):")
             print(comparison_table(result.eval_before, result.eval_after))
     return 0
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
     from leapalign.data import load_prompts
-    from leapalign.sampling import generate, image_grid
+    from leapalign.images import image_grid
+    from leapalign.sampling import generate
 
     cfg, model = _load_run_or_config(args)
     prompts = args.prompt or load_prompts(cfg.data.prompts)[:2]
@@ -67,14 +69,15 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         height=cfg.sampler.height,
         width=cfg.sampler.width,
     )
-    image_grid(images, ncols=args.num, scale=max(1, 128 // cfg.sampler.width)).save(args.out)
+    captions = prompts[:: args.num]
+    image_grid(images, ncols=args.num, scale=max(1, 128 // cfg.sampler.width), captions=captions).save(args.out)
     print(f"wrote {args.out} ({len(prompts)} images)")
     return 0
 
 
 def _load_run_or_config(args: argparse.Namespace):
     """The model described by ``--run`` (a run's latest checkpoint, or one checkpoint) or ``--config``."""
-    from leapalign.eval.models import build_source, resolve_source
+    from leapalign.cli.sources import build_source, resolve_source
 
     source = resolve_source(args.config, args.run, args.overrides, args.no_ema)
     if source.weights is not None:
@@ -83,7 +86,7 @@ def _load_run_or_config(args: argparse.Namespace):
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from leapalign.eval.command import print_summary, run_eval_command
+    from leapalign.cli.eval import print_summary, run_eval_command
 
     print(print_summary(run_eval_command(args)))
     return 0
@@ -95,10 +98,36 @@ def _cmd_configs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registries() -> dict[str, object]:
+    from leapalign.data import PROMPT_SETS
+    from leapalign.eval import EVALUATORS
+    from leapalign.models import MODELS
+    from leapalign.regularizers import REPLAY_SOURCES
+    from leapalign.rewards import REWARDS
+
+    return {
+        "models": MODELS,
+        "rewards": REWARDS,
+        "evaluators": EVALUATORS,
+        "prompt-sets": PROMPT_SETS,
+        "replay-sources": REPLAY_SOURCES,
+    }
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    registries = _registries()
+    for kind in [args.kind] if args.kind else list(registries):
+        print(f"{kind}:")
+        for name, doc in registries[kind].describe().items():  # type: ignore[attr-defined]
+            print(f"  {name:20s} {doc}")
+    print("\nAnything else: an import path such as my_pkg.module:Object, or a plugin (docs/plugins.md).")
+    return 0
+
+
 def _cmd_rewards(args: argparse.Namespace) -> int:
     from leapalign.rewards import REWARDS
 
-    for name, (_, doc) in sorted(REWARDS.items()):
+    for name, doc in REWARDS.describe().items():
         print(f"{name:20s} {doc}")
     print("\nModel-based rewards load their weights on first use; see docs/rewards.md for the files and where to")
     print("put them (reward args, or the folder named by $LEAPALIGN_REWARD_DIR).")
@@ -139,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "eval", help="evaluate a base model or a checkpoint on a prompt set with rewards (resumable; --compare)"
     )
-    from leapalign.eval.command import add_eval_arguments
+    from leapalign.cli.eval import add_eval_arguments
 
     add_eval_arguments(p, DEFAULT_CONFIG)
     p.set_defaults(func=_cmd_eval)
@@ -148,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_configs)
     p = sub.add_parser("rewards", help="list the available rewards")
     p.set_defaults(func=_cmd_rewards)
+    p = sub.add_parser("list", help="list what is registered: models, rewards, evaluators, prompt sets, replay sources")
+    p.add_argument("kind", nargs="?", choices=["models", "rewards", "evaluators", "prompt-sets", "replay-sources"])
+    p.set_defaults(func=_cmd_list)
     p = sub.add_parser("accelerate-config", help="print the path of a shipped accelerate config")
     p.add_argument("name", choices=ACCELERATE_CONFIGS)
     p.set_defaults(func=_cmd_accelerate_config)
@@ -157,7 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``leapalign`` command."""
     _setup_logging()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may come after other options too (argparse takes one run of positionals only)
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as err:
@@ -165,7 +203,3 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"leapalign: error: {err}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,115 @@
+"""ShapesWorld as a plugin: it registers its model, reward, evaluator, prompt sets and replay data through the
+library's public registries, as a third-party package would (entry point ``leapalign.plugins: shapes``).
+
+=====================  =============================================================================
+``model.name``         ``shapes``: the shipped base model (or the transformer folder in ``model.path``)
+``reward``             ``shapes_score``: the learned, differentiable CLIP-style reward
+``evaluators``         ``shapes_eval``: the exact GenEval-style evaluator (per-category accuracy)
+prompt sets            ``shapes:train``, ``shapes:eval`` (GenEval-style metadata with a ``tag`` each)
+``replay_source``      ``shapes:train``: scenes of the training prompts rendered on the fly
+=====================  =============================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor
+
+from leapalign.data import PROMPT_SETS
+from leapalign.eval import EVALUATORS
+from leapalign.eval.stats import category_accuracy
+from leapalign.models import MODELS, ModelConfig
+from leapalign.regularizers import REPLAY_SOURCES
+from leapalign.rewards import REWARDS
+from leapalign.rewards.base import RewardFn
+from leapalign.worlds.shapes.prompts import CATEGORIES, load_metadata
+from leapalign.worlds.shapes.scenes import SHAPES
+
+
+class ShapesEvaluator:
+    """ShapesEval behind the library's :class:`~leapalign.eval.evaluators.Evaluator` protocol.
+
+    Each image gets 1.0 when every object of its prompt's metadata is found with the right shape, colour, count
+    and relation (and nothing it excludes), else 0.0; the summary is the accuracy per GenEval category and
+    ``overall``, their mean.
+    """
+
+    name = "shapes_eval"
+
+    def check(self, entries: Sequence[dict]) -> None:
+        for i, entry in enumerate(entries):
+            objects = entry.get("include", []) + entry.get("exclude", [])
+            if entry.get("tag") not in CATEGORIES or not objects or any(o.get("class") not in SHAPES for o in objects):
+                raise ValueError(
+                    f"shapes_eval judges ShapesWorld prompts only, and prompt {i} ({entry['prompt'][:50]!r}) carries "
+                    f"no ShapesWorld metadata (a tag in {', '.join(CATEGORIES)} and include/exclude objects among "
+                    f"{', '.join(SHAPES)}); evaluate on shapes:eval or shapes:train, or drop evaluation.evaluators."
+                )
+
+    def __call__(self, images: Tensor, entries: Sequence[dict]) -> list[float]:
+        from leapalign.worlds.shapes.evaluator import evaluate
+
+        return [float(ok) for ok in evaluate(images, list(entries)).correct]
+
+    def summarize(self, values: Sequence[float], entries: Sequence[dict]) -> dict[str, float]:
+        return category_accuracy(values, [str(e.get("tag")) for e in entries], CATEGORIES)
+
+
+class ShapesReplay:
+    """Rendered ShapesWorld training scenes, category-balanced, a deterministic function of ``(seed, index)``.
+
+    Args:
+        seed: Seed of the scenes (offset from the pretraining seeds so the draws are new).
+        batch_size: Scenes per call.
+        height: Must be the world's resolution (32).
+        width: Likewise.
+    """
+
+    def __init__(self, seed: int, batch_size: int, height: int = 32, width: int = 32) -> None:
+        from leapalign.worlds.shapes.model import RESOLUTION
+        from leapalign.worlds.shapes.pretrain import _by_category
+
+        if (height, width) != (RESOLUTION, RESOLUTION):
+            raise ValueError(
+                f"train.replay_source=shapes:train renders {RESOLUTION}x{RESOLUTION} scenes, but the sampler is "
+                f"{height}x{width}; set sampler.height=sampler.width={RESOLUTION}."
+            )
+        self.seed, self.batch_size = 10_000 + seed, batch_size
+        self.records = _by_category(load_metadata("train"))
+
+    def batch(self, index: int) -> tuple[list[str], Tensor]:
+        """Prompts and images ``(B, 3, 32, 32)`` in ``[0, 1]`` of draw ``index``."""
+        from leapalign.worlds.shapes.pretrain import make_batch
+
+        return make_batch(self.records, self.seed, index, self.batch_size)
+
+
+def _shapes_model(cfg: ModelConfig):  # -> FluxAdapter
+    from leapalign.worlds.shapes.model import build_shapes_model
+
+    return build_shapes_model(cfg)
+
+
+def _shapes_score(**kwargs) -> RewardFn:
+    from leapalign.worlds.shapes.score import ShapesScore
+
+    return ShapesScore(**kwargs)
+
+
+def register() -> None:
+    """Registers everything ShapesWorld offers (called once, through the ``leapalign.plugins`` entry point)."""
+    MODELS.register("shapes", _shapes_model, "ShapesWorld's shipped 32x32 Flux-architecture base model (CPU)")
+    REWARDS.register(
+        "shapes_score",
+        _shapes_score,
+        "ShapesWorld's learned CLIP-style reward (shipped weights; args: path); cosine similarity in [-1, 1]",
+    )
+    EVALUATORS.register("shapes_eval", ShapesEvaluator, "ShapesWorld's exact GenEval-style evaluator")
+    for split in ("train", "eval"):
+        PROMPT_SETS.register(
+            f"shapes:{split}",
+            lambda split=split: load_metadata(split),
+            f"ShapesWorld's {split} prompts with GenEval-style metadata (tag, include, exclude)",
+        )
+    REPLAY_SOURCES.register("shapes:train", ShapesReplay, "ShapesWorld scenes of the training prompts, rendered")
