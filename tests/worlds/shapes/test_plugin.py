@@ -67,3 +67,21 @@ def test_rendered_replay_trains_the_pixel_space_model() -> None:
     assert loss.item() < worse.item()
     with pytest.raises(ValueError, match="renders 32x32 scenes"):
         build_replay("shapes:train", 0, 3, 64, 64)
+
+
+def test_replay_from_a_folder_of_rendered_scenes_stays_in_pixel_space(tmp_path) -> None:
+    from PIL import Image
+
+    metadata = load_metadata("train")[:6]
+    for i, meta in enumerate(metadata):  # a user's own folder of captioned images, here ShapesWorld renders
+        arr = render(scene_for(meta, np.random.default_rng(i)))
+        Image.fromarray((arr.transpose(1, 2, 0) * 255).round().astype(np.uint8)).save(tmp_path / f"{i}.png")
+        (tmp_path / f"{i}.txt").write_text(meta["prompt"])
+    prompts, images = build_replay(str(tmp_path), seed=0, batch_size=4, height=32, width=32).batch(0)
+    assert images.shape == (4, 3, 32, 32) and set(prompts) <= {m["prompt"] for m in metadata}
+    model = build_model(ModelConfig(name="shapes", finetune="full", guidance_scale=3.0))
+    assert model.vae is None and torch.allclose(model.decode(model.encode_pixels(images), 32, 32), images, atol=1e-6)
+    with torch.no_grad():
+        loss = flow_matching_loss(model, images, prompts, torch.Generator().manual_seed(0))
+        worse = flow_matching_loss(model, torch.rand_like(images), prompts, torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and loss.item() < worse.item()
