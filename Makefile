@@ -57,7 +57,7 @@ bench-report: setup    ## docs/benchmarks.md and its figures from the result fil
 lint: setup
 	$(VENV)/bin/ruff check leapalign tests benchmarks research
 	$(VENV)/bin/ruff format --check leapalign tests benchmarks research
-	$(VENV)/bin/lint-imports --config pyproject.toml
+	$(VENV)/bin/lint-imports --no-cache
 
 format: setup
 	$(VENV)/bin/ruff format leapalign tests benchmarks research
