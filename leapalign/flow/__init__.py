@@ -1,4 +1,5 @@
-"""Pure flow-matching math (torch only): the sigma convention, schedules, leaps, gradient operators, rollout."""
+"""Pure flow-matching math (torch only): the sigma convention, schedules, leaps, gradient operators, rollout,
+and the stochastic (SDE) steps of the policy-gradient family."""
 
 from leapalign.flow.conventions import interpolate, velocity_target
 from leapalign.flow.grad import scale_grad, straight_through
@@ -21,9 +22,29 @@ from leapalign.flow.schedule import (
     sd3_sigmas,
     static_shift,
 )
+from leapalign.flow.sde import (
+    SDE_SCHEDULES,
+    SDEStep,
+    SDETrajectory,
+    check_sde,
+    gaussian_log_prob,
+    sample_sde,
+    sde_step,
+    step_log_prob,
+    transition,
+)
 
 __all__ = [
+    "SDE_SCHEDULES",
     "Rollout",
+    "SDEStep",
+    "SDETrajectory",
+    "check_sde",
+    "gaussian_log_prob",
+    "sample_sde",
+    "sde_step",
+    "step_log_prob",
+    "transition",
     "VelocityFn",
     "candidate_steps",
     "euler_step",
