@@ -179,6 +179,30 @@ def _validate_ranges(cfg: ExperimentConfig) -> None:
         (cfg.run.checkpoint_every >= 0, "run.checkpoint_every", "an integer >= 0"),
         (cfg.run.keep_checkpoints >= 1, "run.keep_checkpoints", "an integer >= 1"),
     ]
+    group = getattr(cfg.method, "group_size", None)
+    if group is not None:  # the policy-gradient methods
+        checks += [
+            (
+                cfg.data.batch_size % group == 0,
+                "data.batch_size",
+                f"a multiple of method.group_size={group} (a micro-batch holds whole groups)",
+            ),
+            (
+                cfg.train.grad_accum == 1,
+                "train.grad_accum",
+                "1 for a policy-gradient method (use method.group_size, data.batch_size and method.updates_per_epoch)",
+            ),
+            (cfg.train.replay_weight == 0, "train.replay_weight", "0 for a policy-gradient method"),
+        ]
+        window = getattr(cfg.method, "window_size", None)
+        if window is not None and (cfg.method.name == "mix-grpo" or getattr(cfg.method, "fast", False)):
+            checks.append(
+                (
+                    window <= cfg.sampler.num_steps,
+                    "method.window_size",
+                    f"at most sampler.num_steps={cfg.sampler.num_steps}",
+                )
+            )
     for ok, key, allowed in checks:
         if not ok:
             raise ConfigError(f"invalid value for {key}: it must be {allowed}.")

@@ -26,14 +26,16 @@ from accelerate.state import AcceleratorState
 from tqdm.auto import tqdm
 
 from leapalign import checkpoint as ckpt
+from leapalign.batches import generators, make_batch
 from leapalign.config import ExperimentConfig, save_config
 from leapalign.data import PromptSampler, load_prompts
 from leapalign.ema import EMA
 from leapalign.eval.training import TrainingEvaluation
-from leapalign.methods import Batch, build_method, check_differentiable
+from leapalign.methods import build_method, check_differentiable, is_policy_gradient
 from leapalign.metrics import MetricLogger, peak_memory_mb, plot_reward_curve
 from leapalign.models import build_model
-from leapalign.models.base import FlowModel, check_resolution
+from leapalign.models.base import check_resolution
+from leapalign.policy_updates import policy_gradient_step
 from leapalign.regularizers import build_replay, flow_matching_loss
 from leapalign.rewards import build_reward
 
@@ -53,35 +55,6 @@ class TrainResult:
     last_metrics: dict[str, Any]
     eval_before: dict[str, Any] | None = None
     eval_after: dict[str, Any] | None = None
-
-
-def _generators(seed: int, rank: int, device: torch.device) -> dict[str, torch.Generator]:
-    def gen(s: int, dev: str = "cpu") -> torch.Generator:
-        return torch.Generator(device=dev).manual_seed(s)
-
-    return {
-        "noise": gen(seed * 1000 + 2 * rank + 1),
-        "prompts": gen(seed * 1000 + 2 * rank + 2),
-        "method": gen(seed * 1000 + 2 * rank + 501, device.type if device.type == "cuda" else "cpu"),
-        "steps": gen(seed * 1000 + 999),  # identical on every rank
-    }
-
-
-def make_batch(model: FlowModel, prompts: list[str], cfg: ExperimentConfig, gens: dict[str, torch.Generator]) -> Batch:
-    """Encodes prompts and draws the initial noise for one micro-batch."""
-    h, w = cfg.sampler.height, cfg.sampler.width
-    shape = (len(prompts), *model.latent_shape(h, w))
-    noise = torch.randn(shape, generator=gens["noise"]).to(model.device)
-    return Batch(
-        prompts=prompts,
-        cond=model.encode_prompts(prompts),
-        noise=noise,
-        sigmas=model.sigmas(cfg.sampler.num_steps, h, w).to(model.device),
-        height=h,
-        width=w,
-        generator=gens["method"],
-        step_generator=gens["steps"],
-    )
 
 
 class Trainer:
@@ -133,8 +106,9 @@ class Trainer:
         )
         self.model.transformer, self.optimizer = acc.prepare(self.transformer, self.optimizer)
         self.ema = EMA(self.params, t.ema_decay) if t.ema_decay > 0 else None
-        self.gens = _generators(cfg.run.seed, acc.process_index, acc.device)
-        self.sampler = PromptSampler(self.prompts, cfg.data.batch_size, self.gens["prompts"])
+        self.gens = generators(cfg.run.seed, acc.process_index, acc.device)
+        group = getattr(cfg.method, "group_size", 1)
+        self.sampler = PromptSampler(self.prompts, cfg.data.batch_size, self.gens["prompts"], group_size=group)
         self.step = 0
         self.nan_streak = 0
 
@@ -156,6 +130,8 @@ class Trainer:
             state = {"step": self.step, "nan_streak": self.nan_streak, "world_size": acc.num_processes}
             if self.reward.state_dict():  # running reward normalisation (reward.normalize=running)
                 state["reward_state"] = self.reward.state_dict()
+            if getattr(self.method, "state_dict", None) and self.method.state_dict():
+                state["method_state"] = self.method.state_dict()
             final = ckpt.commit(tmp, state, self.cfg.run.keep_checkpoints)
             logger.info("saved checkpoint %s", final)
         acc.wait_for_everyone()
@@ -176,6 +152,8 @@ class Trainer:
         self.step, self.nan_streak = int(state["step"]), int(state["nan_streak"])
         if "reward_state" in state:
             self.reward.load_state_dict(state["reward_state"])
+        if "method_state" in state:
+            self.method.load_state_dict(state["method_state"])
         logger.info("resumed from %s at step %d", directory, self.step)
 
     # ------------------------------------------------------------------ one optimiser step
@@ -222,6 +200,9 @@ class Trainer:
         """
         acc, t = self.accelerator, self.cfg.train
         start = time.perf_counter()
+        if is_policy_gradient(self.method):
+            metrics = policy_gradient_step(self)
+            return self._finish_step(metrics, start)
         all_metrics: list[dict[str, float]] = []
         rewards, ok = [], True
         for micro in range(t.grad_accum):
@@ -233,9 +214,21 @@ class Trainer:
             all_metrics.append(m)
             rewards.append(r)
         metrics = {k: sum(m[k] for m in all_metrics if k in m) / len(all_metrics) for k in all_metrics[0]}
+        metrics.update(self.apply_update(ok))
+        all_r = acc.gather(torch.cat(rewards).float().to(acc.device))
+        metrics["reward_mean"] = all_r.mean().item()
+        metrics["reward_std"] = all_r.std().item() if all_r.numel() > 1 else 0.0
+        return self._finish_step(metrics, start)
+
+    def apply_update(self, ok: bool) -> dict[str, float]:
+        """Clips and applies the accumulated gradients (skipped, and counted, when ``ok`` is false), updates the
+        EMA and clears the gradients; returns ``grad_norm`` and ``skipped``."""
+        t, out = self.cfg.train, {}
         if ok:
-            norm = acc.clip_grad_norm_(list(self.params.values()), t.grad_clip if t.grad_clip > 0 else math.inf)
-            metrics["grad_norm"] = float(norm)
+            norm = self.accelerator.clip_grad_norm_(
+                list(self.params.values()), t.grad_clip if t.grad_clip > 0 else math.inf
+            )
+            out["grad_norm"] = float(norm)
             self.optimizer.step()
             if self.ema is not None:
                 self.ema.update()
@@ -243,15 +236,14 @@ class Trainer:
         else:
             self.nan_streak += 1
             logger.warning(
-                "step %d: non-finite loss or reward, update skipped (%d in a row)",
-                self.step + 1,
-                self.nan_streak,
+                "step %d: non-finite loss or reward, update skipped (%d in a row)", self.step + 1, self.nan_streak
             )
         self.optimizer.zero_grad(set_to_none=True)
-        metrics["skipped"] = float(not ok)
-        all_r = acc.gather(torch.cat(rewards).float().to(acc.device))
-        metrics["reward_mean"] = all_r.mean().item()
-        metrics["reward_std"] = all_r.std().item() if all_r.numel() > 1 else 0.0
+        out["skipped"] = float(not ok)
+        return out
+
+    def _finish_step(self, metrics: dict[str, Any], start: float) -> dict[str, Any]:
+        acc, t = self.accelerator, self.cfg.train
         metrics["sec_per_iter"] = time.perf_counter() - start
         metrics["peak_mem_mb"], _ = peak_memory_mb(acc.device)
         self.step += 1

@@ -173,15 +173,23 @@ PROMPT_SETS.register(
 class PromptSampler:
     """Draws micro-batches of prompts uniformly with replacement from a per-rank generator.
 
-    The generator state is part of every checkpoint, so a resumed run draws the same prompts.
+    With ``group_size = G > 1`` (the policy-gradient methods) a micro-batch is ``batch_size / G`` prompts, each
+    repeated ``G`` times in a row: a group of samples of one prompt, whole on one rank. The generator state is part
+    of every checkpoint, so a resumed run draws the same prompts.
     """
 
-    def __init__(self, prompts: list[str], batch_size: int, generator: torch.Generator) -> None:
+    def __init__(self, prompts: list[str], batch_size: int, generator: torch.Generator, group_size: int = 1) -> None:
+        if group_size < 1 or batch_size % group_size:
+            raise ValueError(
+                f"data.batch_size={batch_size} is not a multiple of method.group_size={group_size}; a micro-batch "
+                f"holds whole groups of samples of one prompt."
+            )
         self.prompts = prompts
         self.batch_size = batch_size
         self.generator = generator
+        self.group_size = group_size
 
     def next(self) -> list[str]:
-        """The next ``batch_size`` prompts."""
-        idx = torch.randint(len(self.prompts), (self.batch_size,), generator=self.generator)
-        return [self.prompts[int(i)] for i in idx]
+        """The next ``batch_size`` prompts (``batch_size / G`` prompts, each repeated ``G`` times)."""
+        idx = torch.randint(len(self.prompts), (self.batch_size // self.group_size,), generator=self.generator)
+        return [self.prompts[int(i)] for i in idx for _ in range(self.group_size)]

@@ -3,7 +3,8 @@ library's public registries, as a third-party package would (entry point ``leapa
 
 =====================  =============================================================================
 ``model.name``         ``shapes``: the shipped base model (or the transformer folder in ``model.path``)
-``reward``             ``shapes_score``: the learned, differentiable CLIP-style reward
+``reward``             ``shapes_score``: the learned, differentiable CLIP-style reward; ``shapes_eval``: ShapesEval
+                       as a 0/1 reward (not differentiable: the policy-gradient methods)
 ``evaluators``         ``shapes_eval``: the exact GenEval-style evaluator (per-category accuracy)
 prompt sets            ``shapes:train``, ``shapes:eval`` (GenEval-style metadata with a ``tag`` each)
 ``replay_source``      ``shapes:train``: scenes of the training prompts rendered on the fly
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor
 
 from leapalign.data import PROMPT_SETS
@@ -85,6 +87,27 @@ class ShapesReplay:
         return make_batch(self.records, self.seed, index, self.batch_size)
 
 
+class ShapesEvalReward:
+    """ShapesEval as a (non-differentiable) training reward: 1.0 for an image the exact evaluator accepts, else
+    0.0, the analogue of Flow-GRPO's GenEval reward. A prompt is judged by its ShapesWorld metadata, looked up by
+    its text among the training and held-out prompts; the policy-gradient methods can train on it."""
+
+    name = "shapes_eval"
+    differentiable = False
+
+    def __init__(self) -> None:
+        self.metadata = {m["prompt"]: m for split in ("train", "eval") for m in load_metadata(split)}
+
+    def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
+        from leapalign.worlds.shapes.evaluator import evaluate
+
+        unknown = [p for p in prompts if p not in self.metadata]
+        if unknown:
+            raise ValueError(f"reward shapes_eval judges ShapesWorld prompts only; unknown prompt {unknown[0]!r}.")
+        correct = evaluate(images.detach().float().cpu(), [self.metadata[p] for p in prompts]).correct
+        return torch.tensor([float(ok) for ok in correct], device=images.device)
+
+
 def _shapes_model(cfg: ModelConfig):  # -> FluxAdapter
     from leapalign.worlds.shapes.model import build_shapes_model
 
@@ -104,6 +127,11 @@ def register() -> None:
         "shapes_score",
         _shapes_score,
         "ShapesWorld's learned CLIP-style reward (shipped weights; args: path); cosine similarity in [-1, 1]",
+    )
+    REWARDS.register(
+        "shapes_eval",
+        ShapesEvalReward,
+        "ShapesEval as a reward: 1 if the exact evaluator accepts the image, else 0; NOT differentiable",
     )
     EVALUATORS.register("shapes_eval", ShapesEvaluator, "ShapesWorld's exact GenEval-style evaluator")
     for split in ("train", "eval"):

@@ -11,7 +11,7 @@ from leapalign.data import PROMPT_SETS, load_prompt_set
 from leapalign.eval import EVALUATORS, build_evaluator
 from leapalign.models import MODELS, ModelConfig, build_model
 from leapalign.regularizers import REPLAY_SOURCES, build_replay, flow_matching_loss
-from leapalign.rewards import REWARDS
+from leapalign.rewards import REWARDS, RewardTermConfig, build_reward_term
 from leapalign.worlds.shapes.evaluator import evaluate
 from leapalign.worlds.shapes.prompts import load_metadata
 from leapalign.worlds.shapes.scenes import render, scene_for
@@ -85,3 +85,20 @@ def test_replay_from_a_folder_of_rendered_scenes_stays_in_pixel_space(tmp_path) 
         loss = flow_matching_loss(model, images, prompts, torch.Generator().manual_seed(0))
         worse = flow_matching_loss(model, torch.rand_like(images), prompts, torch.Generator().manual_seed(0))
     assert torch.isfinite(loss) and loss.item() < worse.item()
+
+
+def test_shapes_eval_is_a_non_differentiable_training_reward() -> None:
+    reward = build_reward_term(RewardTermConfig("shapes_eval"))
+    metadata = load_metadata("train")[:4]
+    images = torch.stack(
+        [torch.from_numpy(render(scene_for(m, np.random.default_rng(i)))) for i, m in enumerate(metadata)]
+    )
+    images[1] = 0.0  # an empty image is wrong
+    scores = reward(images, [m["prompt"] for m in metadata])
+    assert (
+        not reward.differentiable
+        and scores[1] == 0.0
+        and scores.tolist() == [float(ok) for ok in evaluate(images, metadata).correct]
+    )
+    with pytest.raises(ValueError, match="judges ShapesWorld prompts only"):
+        reward(images[:1], ["a photo of a cat"])
