@@ -106,6 +106,8 @@ def test_bad_input_names_the_key_and_the_allowed_values() -> None:
         load_config("tiny/mix-grpo", ["method.window_size=9"])
     with pytest.raises(ConfigError, match="train.grad_accum"):
         load_config("tiny/mix-grpo", ["train.grad_accum=2"])
+    with pytest.raises(ConfigError, match="method.kl_weight: it must be 0 with model.finetune=full"):
+        load_config("tiny/flow-grpo", ["method.kl_weight=0.01", "model.finetune=full"])
 
 
 @pytest.mark.parametrize("method", ["flow-grpo", "mix-grpo"])
