@@ -15,7 +15,7 @@ from leapalign.metrics import read_metrics
 pytestmark = pytest.mark.distributed  # launches two processes: `make test-slow`, not the default tier
 
 
-def _launch(run: Path, *extra: str) -> subprocess.CompletedProcess:
+def _launch(run: Path, *extra: str, config: str = "tiny/leapalign") -> subprocess.CompletedProcess:
     import leapalign
 
     cfg = Path(leapalign.__file__).parent / "accelerate" / "ddp_cpu.yaml"
@@ -31,7 +31,7 @@ def _launch(run: Path, *extra: str) -> subprocess.CompletedProcess:
         "leapalign.cli",
         "train",
         "--config",
-        "tiny/leapalign",
+        config,
         f"run.output_dir={run}",
         "sampler.num_steps=4",
         "run.tensorboard=false",
@@ -51,5 +51,20 @@ def test_two_process_ddp_trains_and_resumes(tmp_path: Path) -> None:
     assert {p.name for p in ckpt.glob("rng_rank*")} == {"rng_rank0.safetensors", "rng_rank1.safetensors"}
     assert json.loads((ckpt / "state.json").read_text())["world_size"] == 2
     proc = _launch(run, "train.max_steps=3", "run.resume=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_two_process_policy_gradient_run_keeps_groups_whole_and_resumes(tmp_path: Path) -> None:
+    """DanceGRPO on 2 processes: each rank draws whole groups, the global std gathers every rank's rewards, the
+    random trained steps are the same on both ranks (DDP would hang otherwise), and the run resumes."""
+    run = tmp_path / "grpo"
+    extra = ["data.batch_size=4", "method.group_size=2", "method.global_std=true", "method.updates_per_epoch=2"]
+    proc = _launch(run, "train.max_steps=2", *extra, config="tiny/dance-grpo")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "effective batch=8 (4 x 1 accum x 2 processes)" in proc.stderr
+    records = read_metrics(run / "metrics.jsonl")
+    assert [r["updates"] for r in records] == [2.0, 2.0] and all(r["ratio_mean"] > 0.99 for r in records)
+    proc = _launch(run, "train.max_steps=3", "run.resume=true", *extra, config="tiny/dance-grpo")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2, 3]
