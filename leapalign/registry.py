@@ -68,7 +68,7 @@ class Registry(Generic[T]):
         self._entries: dict[str, Entry[T]] = {}
 
     def register(self, name: str, builder: T, description: str = "", *, replace: bool = False) -> T:
-        """Adds ``builder`` under ``name``; returns it (usable as a decorator through :meth:`add`).
+        """Adds ``builder`` under ``name``; returns it.
 
         Raises:
             RegistryError: ``name`` is taken and ``replace`` is false.
@@ -77,10 +77,6 @@ class Registry(Generic[T]):
             raise RegistryError(f"{self.kind} {name!r} is already registered; pass replace=True to override it.")
         self._entries[name] = Entry(builder, description)
         return builder
-
-    def add(self, name: str, description: str = "") -> Callable[[T], T]:
-        """Decorator form of :meth:`register`."""
-        return lambda builder: self.register(name, builder, description)
 
     def __contains__(self, name: object) -> bool:
         if name in self._entries:

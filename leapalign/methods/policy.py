@@ -4,6 +4,7 @@ its initial noise; the sampling, scoring, advantages and PPO step loss are here 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ from leapalign.models.base import FlowModel
 from leapalign.rewards.base import RewardFn
 
 
-class PolicyGradientMethod:
+class PolicyGradientMethod(ABC):
     """Base of the policy-gradient methods: ``collect`` experience without gradients, then ``step_loss`` per
     (minibatch, recorded step) with gradients. Subclasses set :attr:`schedule` and override :meth:`plan`."""
 
@@ -25,16 +26,15 @@ class PolicyGradientMethod:
     requires_differentiable_reward = False
 
     def __init__(self, cfg: GRPOOptions) -> None:
-        cfg.check()
-        self.cfg = cfg
+        self.cfg = cfg  # validated by the config dataclass (GRPOOptions.__post_init__)
 
     @property
     def group_size(self) -> int:
         return self.cfg.group_size
 
+    @abstractmethod
     def plan(self, num_steps: int, iteration: int, batch: Batch) -> tuple[list[int], bool]:
         """The stochastic steps of this rollout, and whether a group shares its initial noise."""
-        raise NotImplementedError
 
     def trained(self, sde_steps: list[int], num_samples: int, num_steps: int, batch: Batch) -> Tensor:
         """``(B, len(sde_steps))`` bool: which recorded steps each sample is trained on (default: all)."""
@@ -86,4 +86,5 @@ class PolicyGradientMethod:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restores :meth:`state_dict`."""
+        """Restores :meth:`state_dict` (nothing to restore here: the state is empty)."""
+        return None
