@@ -193,12 +193,6 @@ def _validate_ranges(cfg: ExperimentConfig) -> None:
                 "1 for a policy-gradient method (use method.group_size, data.batch_size and method.updates_per_epoch)",
             ),
             (cfg.train.replay_weight == 0, "train.replay_weight", "0 for a policy-gradient method"),
-            (
-                cfg.method.kl_weight == 0 or cfg.model.finetune == "lora",
-                "method.kl_weight",
-                "0 with model.finetune=full (the reference policy is the LoRA-disabled base model; a frozen copy for "
-                "full fine-tuning is not implemented)",
-            ),
         ]
         window = getattr(cfg.method, "window_size", None)
         if window is not None and (cfg.method.name == "mix-grpo" or getattr(cfg.method, "fast", False)):

@@ -105,6 +105,8 @@ class Trainer:
             list(self.params.values()), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay
         )
         self.model.transformer, self.optimizer = acc.prepare(self.transformer, self.optimizer)
+        if is_policy_gradient(self.method):
+            self.method.prepare(self.model)  # the KL reference, from the initial weights (before any resume)
         self.ema = EMA(self.params, t.ema_decay) if t.ema_decay > 0 else None
         self.gens = generators(cfg.run.seed, acc.process_index, acc.device)
         group = getattr(cfg.method, "group_size", 1)

@@ -21,15 +21,14 @@ experience, ``updates_per_epoch`` optimiser steps per pass, one backward per tra
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 
 import torch
 from torch import Tensor
 
 from leapalign.flow import SDEStep, step_log_prob
+from leapalign.methods.reference import ReferencePolicy
 from leapalign.models.base import Conditioning, FlowModel
-from leapalign.models.finetune import has_lora, unwrap_model
 
 Gather = Callable[[Tensor], Tensor]
 """``gather(t)``: ``t`` of every rank concatenated along dim 0 (the identity on one process)."""
@@ -47,8 +46,8 @@ class GRPOOptions:
         adv_eps: Added to the std in the advantage's denominator.
         global_std: Normalise advantages by the std of every reward of the iteration (all ranks) instead of the
             group's.
-        kl_weight: Weight ``beta`` of the KL to the reference policy (the base model: LoRA adapters disabled; needs
-            ``model.finetune=lora``).
+        kl_weight: Weight ``beta`` of the KL to the reference policy (:class:`.reference.ReferencePolicy`: the
+            adapter-disabled base under LoRA, a frozen copy of the initial transformer under full fine-tuning).
         inner_epochs: Passes over each rollout's experience.
         updates_per_epoch: Optimiser steps per pass (the samples are split into this many minibatches).
     """
@@ -155,26 +154,17 @@ def group_advantages(rewards: Tensor, opts: GRPOOptions, gather: Gather) -> tupl
     return adv, metrics
 
 
-@contextmanager
-def reference_policy(model: FlowModel) -> Iterator[FlowModel]:
-    """Within the block, ``model`` is the reference policy: the base model (LoRA adapters disabled)."""
-    transformer = unwrap_model(model.transformer)
-    if not has_lora(transformer):
-        raise ValueError(
-            "method.kl_weight > 0 needs a reference policy: train with model.finetune=lora (the base model is the "
-            "adapter-disabled transformer), or set method.kl_weight=0."
-        )
-    transformer.disable_adapters()
-    try:
-        yield model
-    finally:
-        transformer.enable_adapters()
-
-
 def ppo_step_loss(
-    model: FlowModel, exp: Experience, idx: Tensor, k: int, opts: GRPOOptions
+    model: FlowModel,
+    exp: Experience,
+    idx: Tensor,
+    k: int,
+    opts: GRPOOptions,
+    reference: ReferencePolicy | None = None,
 ) -> tuple[Tensor | None, dict[str, float]]:
     """The PPO-clip loss of recorded step ``k`` over the samples ``idx`` that train on it.
+
+    ``reference`` is required when ``opts.kl_weight > 0``.
 
     Returns:
         ``(loss or None, metrics)``; ``None`` when no sample of ``idx`` trains on step ``k``.
@@ -209,8 +199,9 @@ def ppo_step_loss(
         "approx_kl": 0.5 * log_ratio.detach().pow(2).mean().item(),
     }
     if opts.kl_weight > 0:
-        with torch.no_grad(), reference_policy(model):
-            v_ref = model.velocity(sub.latent, sigma, cond)
+        if reference is None:
+            raise ValueError("method.kl_weight > 0 needs a reference policy: call method.prepare(model) first.")
+        v_ref = reference.velocity(model, sub.latent, sigma, cond)
         _, mean_ref = step_log_prob(v_ref, sub, sigma, sigma_next, exp.schedule, exp.level)
         kl = ((mean - mean_ref).pow(2) / (2 * sub.std.float().pow(2))).flatten(1).mean(1).mean()
         loss = loss + opts.kl_weight * kl

@@ -13,6 +13,7 @@ from torch import Tensor
 from leapalign.flow import sample_sde
 from leapalign.methods.base import Batch, velocity_fn
 from leapalign.methods.grpo import Experience, Gather, GRPOOptions, group_advantages, ppo_step_loss
+from leapalign.methods.reference import ReferencePolicy
 from leapalign.models.base import FlowModel
 from leapalign.rewards.base import RewardFn
 
@@ -27,6 +28,13 @@ class PolicyGradientMethod(ABC):
 
     def __init__(self, cfg: GRPOOptions) -> None:
         self.cfg = cfg  # validated by the config dataclass (GRPOOptions.__post_init__)
+        self.reference: ReferencePolicy | None = None
+
+    def prepare(self, model: FlowModel) -> None:
+        """Called once with the model at its initial weights, before any update or resume: sets up the KL
+        reference (:class:`ReferencePolicy`) when ``kl_weight > 0``."""
+        if self.cfg.kl_weight > 0 and self.reference is None:
+            self.reference = ReferencePolicy(model)
 
     @property
     def group_size(self) -> int:
@@ -79,7 +87,7 @@ class PolicyGradientMethod(ABC):
 
     def step_loss(self, model: FlowModel, exp: Experience, idx: Tensor, k: int) -> tuple[Tensor | None, dict]:
         """The PPO-clip loss of recorded step ``k`` for samples ``idx`` (``None`` if none trains on it)."""
-        return ppo_step_loss(model, exp, idx, k, self.cfg)
+        return ppo_step_loss(model, exp, idx, k, self.cfg, self.reference)
 
     def state_dict(self) -> dict[str, Any]:
         """The method's own state for checkpoints (these methods derive everything from the iteration)."""

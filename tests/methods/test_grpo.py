@@ -72,6 +72,10 @@ def test_kl_of_the_base_model_to_itself_is_zero_and_log_probs_do_not_depend_on_t
     model = build_model(ModelConfig(name="tiny-flux", finetune="lora", lora_rank=2))
     prompts = ["a red circle", "a red circle", "a blue square", "a blue square"]
     method, exp = collect("flow-grpo", model, prompts, num_steps=3, size=16, group_size=2, kl_weight=0.04)
+    with pytest.raises(ValueError, match=r"call method.prepare\(model\) first"):
+        method.step_loss(model, exp, torch.arange(4), 1)
+    method.prepare(model)
+    assert method.reference.kind == "adapters" and method.reference.copy is None
     _, record = method.step_loss(model, exp, torch.arange(4), 1)  # LoRA B = 0 at init: policy == reference
     assert record["kl_ref"] == 0.0 and record["ratio_mean"] == 1.0
     for i in range(4):  # the same step, one sample at a time instead of the sampling batch of 4
@@ -106,15 +110,39 @@ def test_bad_input_names_the_key_and_the_allowed_values() -> None:
         load_config("tiny/mix-grpo", ["method.window_size=9"])
     with pytest.raises(ConfigError, match="train.grad_accum"):
         load_config("tiny/mix-grpo", ["train.grad_accum=2"])
-    with pytest.raises(ConfigError, match="method.kl_weight: it must be 0 with model.finetune=full"):
-        load_config("tiny/flow-grpo", ["method.kl_weight=0.01", "model.finetune=full"])
+    with pytest.raises(ConfigError, match="method.kl_weight: it must be a number >= 0"):
+        load_config("tiny/flow-grpo", ["method.kl_weight=-0.01"])
 
 
-@pytest.mark.parametrize("method", ["flow-grpo", "mix-grpo"])
+def test_full_fine_tuning_measures_the_kl_against_a_frozen_copy_of_the_initial_weights() -> None:
+    model = build_model(ModelConfig(name="tiny-flux", finetune="full"))
+    prompts = ["a red circle", "a red circle", "a blue square", "a blue square"]
+    method, exp = collect("flow-grpo", model, prompts, num_steps=3, size=16, group_size=2, kl_weight=0.04)
+    method.prepare(model)
+    ref = method.reference
+    assert ref.kind == "frozen-copy" and not any(p.requires_grad for p in ref.copy.parameters())
+    initial = {k: v.clone() for k, v in ref.copy.state_dict().items()}
+    loss, record = method.step_loss(model, exp, torch.arange(4), 1)
+    assert record["kl_ref"] == 0.0  # nothing has moved yet: policy == reference
+    loss.backward()
+    with torch.no_grad():
+        for p in model.transformer.parameters():
+            p.add_(torch.randn_like(p) * 1e-2)
+    _, moved = method.step_loss(model, exp, torch.arange(4), 1)
+    assert moved["kl_ref"] > 0  # the policy moved, the copy did not
+    assert all(torch.equal(initial[k], v) for k, v in ref.copy.state_dict().items())
+    assert all(p.grad is None for p in ref.copy.parameters())
+    assert model.transformer is not ref.copy  # the swap is undone after the reference forward
+
+
+@pytest.mark.parametrize("method", ["flow-grpo", "mix-grpo", "flow-grpo-full-kl"])
 def test_a_resumed_run_is_exact(tmp_path: Path, method: str) -> None:
-    common = ["--config", f"tiny/{method}", "sampler.num_steps=4", "sampler.height=32", "sampler.width=32"]
+    name = method.removesuffix("-full-kl")
+    common = ["--config", f"tiny/{name}", "sampler.num_steps=4", "sampler.height=32", "sampler.width=32"]
     common += ["run.tensorboard=false", "run.export=false", "method.inner_epochs=2", "method.updates_per_epoch=2"]
-    common += ["method.window_every=1"] if method == "mix-grpo" else ["method.fast=true"]
+    common += ["method.window_every=1"] if name == "mix-grpo" else ["method.fast=true"]
+    if method.endswith("-full-kl"):  # the frozen reference is the initial weights, also after a resume
+        common += ["model.finetune=full", "method.kl_weight=0.1", "train.lr=1e-3"]
     a, b = tmp_path / "a", tmp_path / "b"
     assert main(["train", *common, f"run.output_dir={a}", "train.max_steps=3"]) == 0
     assert main(["train", *common, f"run.output_dir={b}", "train.max_steps=1"]) == 0
