@@ -24,6 +24,11 @@ base, bf16 autocast); ``full`` trains every transformer weight in bf16 with Adam
 master copy; FLUX.1-dev's 12B parameters then need about 96 GB for weights, gradients and optimiser state,
 so expect an out-of-memory record on 80 GB). Per-block gradient checkpointing is on (``--no-checkpointing``
 turns it off). A cell that runs out of memory is recorded with ``"oom": true``.
+
+The policy-gradient methods (Flow-GRPO, DanceGRPO, MixGRPO) run their whole iteration as the trainer does (the
+rollout of whole groups without gradients, then one forward and backward per trained step) with ``--batch``
+prompts per iteration and ``G`` samples each for every ``G`` of ``--groups``; ``--match-batches`` also measures
+the direct-gradient methods at those batches (``batch * G``), so each has a same-batch LeapAlign row.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import RESULTS, provenance, read_records, set_threads, upsert_record
-from benchmarks.cost import STEPS, method_overrides
+from benchmarks.cost import POLICY_GRADIENT, STEPS, method_overrides
 from benchmarks.costlib import MemoryProbe
 from benchmarks.protocol import DEFAULT_PROTOCOL, load_protocol
 
@@ -215,13 +220,20 @@ def build(arch: str, finetune: str, tiny: bool, device: torch.device, checkpoint
     return model.to(device)
 
 
-def measure_gpu_cell(model: Any, protocol: Any, method: str, num_steps: int, res: int, batch: int, repeats: int):
-    from benchmarks.costlib import make_sampling, make_train_iteration, measure
-    from leapalign.methods import Batch, build_method
+def measure_gpu_cell(
+    model: Any, protocol: Any, method: str, num_steps: int, res: int, batch: int, repeats: int, group: int | None
+):
+    from benchmarks.costlib import grouped_prompts, make_policy_iteration, make_sampling, make_train_iteration, measure
+    from leapalign.methods import Batch, build_method, is_policy_gradient
 
     device = model.device
-    method_cfg = protocol.load([*method_overrides(protocol, method, num_steps), f"sampler.num_steps={num_steps}"])
+    overrides = [*method_overrides(protocol, method, num_steps), f"sampler.num_steps={num_steps}"]
+    if group is not None:
+        overrides += [f"method.group_size={group}", f"data.batch_size={batch}"]
+    method_cfg = protocol.load(overrides)
     prompts = [f"a photo of object {i}" for i in range(batch)]
+    if group is not None:
+        prompts = grouped_prompts(prompts, batch, group)
     noise = torch.randn((batch, *model.latent_shape(res, res)), generator=torch.Generator().manual_seed(0))
     batch_obj = Batch(
         prompts=prompts,
@@ -234,9 +246,9 @@ def measure_gpu_cell(model: Any, protocol: Any, method: str, num_steps: int, res
         step_generator=torch.Generator().manual_seed(2),
     )
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-5, weight_decay=1e-4)
-    iteration = make_train_iteration(
-        model, build_method(method_cfg.method), batch_obj, PixelMeanReward(), optimizer, 1.0
-    )
+    built = build_method(method_cfg.method)
+    make = make_policy_iteration if is_policy_gradient(built) else make_train_iteration
+    iteration = make(model, built, batch_obj, PixelMeanReward(), optimizer, 1.0)
 
     def autocast_iteration() -> dict[str, float]:
         with torch.autocast(device.type, dtype=torch.bfloat16):
@@ -256,7 +268,7 @@ def measure_or_oom(model: Any, protocol: Any, key: dict[str, Any], repeats: int)
     record: dict[str, Any] = {"oom": False}
     try:
         summary, mcfg = measure_gpu_cell(
-            model, protocol, key["method"], key["T"], key["resolution"], key["batch"], repeats
+            model, protocol, key["method"], key["T"], key["resolution"], key["batch"], repeats, key["group_size"]
         )
         record.update(summary)
         record["method_config"] = asdict(mcfg)
@@ -279,7 +291,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--resolutions", default="512,1024")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--steps", default=",".join(map(str, STEPS)))
-    p.add_argument("--batch", type=int, default=1, help="images per iteration (default: %(default)s)")
+    p.add_argument(
+        "--batch", type=int, default=1, help="prompts (= images for direct methods) per iteration (%(default)s)"
+    )
+    p.add_argument(
+        "--groups", default="2,4", help="group sizes G of the policy-gradient methods (default: %(default)s)"
+    )
+    p.add_argument("--match-batches", action="store_true", help="direct methods also at every batch * G")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-checkpointing", action="store_true", help="no per-block gradient checkpointing")
     p.add_argument("--tiny", action="store_true", help="tiny random models (CPU smoke test of this script)")
@@ -301,20 +319,31 @@ def main(argv: list[str] | None = None) -> int:
     protocol = load_protocol(args.protocol)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     checkpointing = not args.no_checkpointing
-    names = ("method", "T", "device", "model_size", "finetune", "resolution", "tiny", "batch")
+    names = ("method", "T", "device", "model_size", "finetune", "resolution", "tiny", "batch", "group_size")
+    groups = [int(g) for g in args.groups.split(",")]
+
+    def cells(method: str) -> list[tuple[int, int | None]]:
+        """(batch, group_size) of ``method``: whole groups for the policy-gradient family."""
+        if method in POLICY_GRADIENT:
+            return [(args.batch * g, g) for g in groups]
+        extra = [(args.batch * g, None) for g in groups if g != 1] if args.match_batches else []
+        return [(args.batch, None), *extra]
 
     def key_of(r: dict[str, Any]) -> tuple[Any, ...]:
         return tuple(r.get(k) for k in names)
 
     for arch, finetune in itertools.product(args.archs.split(","), args.finetune.split(",")):
         model = None
-        grid = itertools.product(
-            map(int, args.resolutions.split(",")), args.methods.split(","), map(int, args.steps.split(","))
-        )
-        for res, method, num_steps in grid:
-            key = dict(
-                zip(names, (method, num_steps, device_name, arch, finetune, res, args.tiny, args.batch), strict=True)
+        grid = [
+            (res, method, num_steps, batch, group)
+            for res, method, num_steps in itertools.product(
+                map(int, args.resolutions.split(",")), args.methods.split(","), map(int, args.steps.split(","))
             )
+            for batch, group in cells(method)
+        ]
+        for res, method, num_steps, batch, group in grid:
+            values = (method, num_steps, device_name, arch, finetune, res, args.tiny, batch, group)
+            key = dict(zip(names, values, strict=True))
             if not args.force and any(key_of(r) == key_of(key) for r in read_records(args.out)):
                 print(f"{key}: done, skipped", flush=True)
                 continue

@@ -51,12 +51,11 @@ class Measured:
         out["sampling_peak_delta_mb"] = max(m["peak_mem_delta"] for m in self.sampling_mem)
         out.update({"iter_sec_all": self.iter_sec, "sampling_sec_all": self.sampling_sec})
         out["steps_drawn"] = [{k: m[k] for k in DRAWN_KEYS if k in m} for m in self.metrics]
-        # Where an iteration's time goes (medians): the method's step (rollout, gradient-carrying forwards,
-        # decode, reward), the backward pass, and clipping + AdamW.
-        out["breakdown_sec"] = {
-            part: statistics.median(m[f"_sec_{part}"] for m in self.metrics)
-            for part in ("step", "backward", "optimizer")
-        }
+        # Where an iteration's time goes (medians). Direct-gradient methods: the method's step (rollout,
+        # gradient-carrying forwards, decode, reward), the backward pass, and clipping + AdamW. Policy-gradient
+        # methods: the rollout without gradients (sampling, decode, reward, advantages), and the updates.
+        parts = [k.removeprefix("_sec_") for k in self.metrics[0] if k.startswith("_sec_")]
+        out["breakdown_sec"] = {part: statistics.median(m[f"_sec_{part}"] for m in self.metrics) for part in parts}
         return out
 
 
@@ -181,6 +180,48 @@ def make_train_iteration(
         return metrics
 
     return iteration
+
+
+def make_policy_iteration(
+    model: Any, method: Any, batch: Any, reward: Any, optimizer: torch.optim.Optimizer, grad_clip: float
+) -> Callable[[], dict[str, float]]:
+    """One iteration of a policy-gradient method as the trainer runs it (without EMA), on one process.
+
+    It is :func:`leapalign.policy_updates.policy_gradient_iteration` itself: the rollout of ``batch`` (whole
+    groups) without gradients, then ``inner_epochs x updates_per_epoch`` optimiser steps (clip, AdamW) with one
+    forward and backward per trained step. Every repetition rolls out the same batch with a fresh SDE noise draw.
+    """
+    from accelerate import Accelerator
+
+    from leapalign.policy_updates import policy_gradient_iteration
+
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    accelerator = Accelerator(cpu=batch.noise.device.type == "cpu")
+    calls = [0]
+
+    def apply_update(ok: bool) -> dict[str, float]:
+        norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip)) if ok else float("nan")
+        if ok:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return {"grad_norm": norm, "skipped": float(not ok)}
+
+    def iteration() -> dict[str, float]:
+        calls[0] += 1
+        metrics = policy_gradient_iteration(
+            method, model, batch, reward, accelerator, apply_update, calls[0], calls[0], params
+        )
+        metrics["_sec_collect"], metrics["_sec_update"] = metrics["collect_sec"], metrics["update_sec"]
+        return metrics
+
+    return iteration
+
+
+def grouped_prompts(prompts: list[str], batch: int, group_size: int) -> list[str]:
+    """``batch // group_size`` distinct prompts, each repeated ``group_size`` times in a row (whole groups)."""
+    if batch % group_size:
+        raise ValueError(f"a batch of {batch} is not a whole number of groups of {group_size}.")
+    return [p for p in prompts[: batch // group_size] for _ in range(group_size)]
 
 
 def make_sampling(model: Any, batch: Any) -> Callable[[], torch.Tensor]:

@@ -9,12 +9,18 @@ runs the same number of backward passes (DDP stays in step) and a resumed run re
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 
 from leapalign.batches import make_batch
+from leapalign.methods import Batch, PolicyGradientMethod
+from leapalign.models import FlowModel
+from leapalign.rewards import RewardFn
 
 
 def _merge(records: list[dict[str, float]]) -> dict[str, float]:
@@ -35,17 +41,61 @@ def policy_gradient_step(trainer: Any) -> dict[str, Any]:
     """One iteration of a policy-gradient method on ``trainer`` (a :class:`leapalign.trainer.Trainer`).
 
     Returns:
-        The iteration's metrics: the rollout's (rewards gathered over ranks, advantage statistics, zero-spread
-        groups, trained steps) and the updates' (loss, ratio mean/min/max, clip fraction, approximate KL, KL to
-        the reference, gradient norm), averaged over updates.
+        The metrics of :func:`policy_gradient_iteration`.
     """
-    acc, cfg, method, model = trainer.accelerator, trainer.cfg, trainer.method, trainer.model
-    batch = make_batch(model, trainer.sampler.next(), cfg, trainer.gens)
+    cfg = trainer.cfg
+    batch = make_batch(trainer.model, trainer.sampler.next(), cfg, trainer.gens)
+    return policy_gradient_iteration(
+        trainer.method,
+        trainer.model,
+        batch,
+        trainer.reward,
+        trainer.accelerator,
+        trainer.apply_update,
+        iteration=trainer.step,
+        order_seed=cfg.run.seed * 1_000_003 + trainer.step,
+        params=list(trainer.params.values()),
+    )
+
+
+def policy_gradient_iteration(
+    method: PolicyGradientMethod,
+    model: FlowModel,
+    batch: Batch,
+    reward: RewardFn,
+    accelerator: Accelerator,
+    apply_update: Callable[[bool], dict[str, float]],
+    iteration: int,
+    order_seed: int,
+    params: list[torch.Tensor],
+) -> dict[str, Any]:
+    """Collects one rollout of ``batch`` (whole groups) and runs the method's updates over it.
+
+    Args:
+        method: The policy-gradient method (its ``cfg`` gives the inner epochs and updates per epoch).
+        model: The model being trained.
+        batch: The rollout's prompts (groups of ``method.group_size`` consecutive copies), noise and schedule.
+        reward: Any reward (differentiable or not).
+        accelerator: Autocast, backward, gradient synchronisation and gathers across ranks.
+        apply_update: Clips and applies the accumulated gradients (skipping them when passed ``False``) and
+            clears them; returns its metrics (``grad_norm``, ``skipped``).
+        iteration: The iteration number (methods whose plan moves with it, e.g. MixGRPO's window).
+        order_seed: Seed of the minibatch order; identical on every rank.
+        params: The trainable parameters (a rank without a sample on a step still runs a zero backward).
+
+    Returns:
+        The iteration's metrics: the rollout's (rewards gathered over ranks, advantage statistics, zero-spread
+        groups, trained steps), the updates' (loss, ratio mean/min/max, clip fraction, approximate KL, KL to the
+        reference, gradient norm) averaged over updates, and ``collect_sec`` / ``update_sec``.
+    """
+    acc = accelerator
+    start = time.perf_counter()
     with acc.autocast():
-        exp = method.collect(model, batch, trainer.reward, gather=acc.gather, iteration=trainer.step)
+        exp = method.collect(model, batch, reward, gather=acc.gather, iteration=iteration)
     metrics: dict[str, Any] = dict(exp.metrics)
+    collected = time.perf_counter()
     finite = bool(torch.isfinite(exp.rewards).all())
-    order = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + trainer.step)  # same on every rank
+    order = torch.Generator().manual_seed(order_seed)  # same on every rank
     updates, step_records, losses = [], [], []
     for _ in range(method.cfg.inner_epochs):
         for idx in exp.minibatches(method.cfg.updates_per_epoch, order):
@@ -57,7 +107,7 @@ def policy_gradient_step(trainer: Any) -> dict[str, Any]:
                     with acc.autocast():
                         loss, record = method.step_loss(model, exp, idx, k)
                     if loss is None:  # no sample of this rank's minibatch trains on step k: a zero gradient
-                        loss = sum(p.sum() * 0.0 for p in trainer.params.values())
+                        loss = sum(p.sum() * 0.0 for p in params)
                     ok &= bool(torch.isfinite(loss))
                     if ok:
                         acc.backward(loss / len(terms))
@@ -66,7 +116,7 @@ def policy_gradient_step(trainer: Any) -> dict[str, Any]:
                         step_records.append(record)
             flag = torch.tensor(float(ok), device=acc.device)
             ok = bool((acc.reduce(flag, reduction="mean") if acc.num_processes > 1 else flag).item() == 1.0)
-            updates.append(trainer.apply_update(ok))
+            updates.append(apply_update(ok))
             losses.append(total)
     metrics.update(_merge(step_records))
     metrics.update(_merge(updates))
@@ -75,4 +125,6 @@ def policy_gradient_step(trainer: Any) -> dict[str, Any]:
     all_r = acc.gather(exp.rewards.to(acc.device))
     metrics["reward_mean"] = all_r.mean().item()
     metrics["reward_std"] = all_r.std().item() if all_r.numel() > 1 else 0.0
+    metrics["collect_sec"] = collected - start
+    metrics["update_sec"] = time.perf_counter() - collected
     return metrics

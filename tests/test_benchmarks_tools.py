@@ -37,7 +37,8 @@ def test_mean_ci_is_a_student_t_interval() -> None:
 
 def test_cost_cell_records_time_and_memory_and_skips_when_done(tmp_path: Path) -> None:
     out = tmp_path / "cost.json"
-    args = ["--sizes", "shapes", "--methods", "leapalign", "--steps", "2", "--repeats", "1", "--out", str(out)]
+    args = ["--sizes", "shapes", "--methods", "leapalign", "--steps", "2", "--repeats", "1", "--groups", "none"]
+    args += ["--out", str(out)]
     run_module("benchmarks.cost", *args)
     (rec,) = json.loads(out.read_text())
     assert (rec["method"], rec["T"], rec["device"], rec["model_size"]) == ("leapalign", 2, "cpu", "shapes")
@@ -48,15 +49,30 @@ def test_cost_cell_records_time_and_memory_and_skips_when_done(tmp_path: Path) -
     assert "done, skipped" in again.stdout and json.loads(out.read_text()) == [rec]
 
 
+def test_cost_of_a_policy_gradient_method_and_the_group_size_sweep(tmp_path: Path) -> None:
+    out = tmp_path / "cost.json"
+    args = ["--sizes", "shapes", "--methods", "dance-grpo", "--steps", "2", "--repeats", "1", "--groups", "2"]
+    run_module("benchmarks.cost", *args, "--group-steps", "3", "--out", str(out))
+    by_batch = {r["batch"]: r for r in json.loads(out.read_text())}
+    # the size's default (8 samples in groups of 4, T=2) and the sweep's 2 prompts x G=2 (T=3 here)
+    assert {(b, r["group_size"], r["T"]) for b, r in by_batch.items()} == {(8, 4, 2), (4, 2, 3)}
+    for rec in by_batch.values():
+        assert rec["sec_per_iter"] > 0 and rec["peak_mem_delta_mb"] > 0
+        assert set(rec["breakdown_sec"]) == {"collect", "update"} and rec["method_config"]["name"] == "dance-grpo"
+
+
 def test_cost_gpu_script_runs_tiny_on_cpu(tmp_path: Path) -> None:
     out = tmp_path / "cost_gpu.json"
     run_module(
         "benchmarks.cost_gpu", "--tiny", "--device", "cpu", "--archs", "sd3.5-medium", "--finetune", "lora",
-        "--resolutions", "64", "--methods", "leapalign", "--steps", "2", "--repeats", "1", "--out", str(out),
+        "--resolutions", "64", "--methods", "leapalign,dance-grpo", "--steps", "2", "--repeats", "1",
+        "--groups", "2", "--out", str(out),
     )  # fmt: skip
-    (rec,) = json.loads(out.read_text())
+    rec, grpo = json.loads(out.read_text())
     assert rec["device"] == "cpu" and rec["tiny"] and not rec["oom"] and rec["sec_per_iter"] > 0
     assert rec["finetune"] == "lora" and rec["trainable_params"] < rec["model_params"]
+    assert (rec["batch"], rec["group_size"]) == (1, None) and (grpo["batch"], grpo["group_size"]) == (2, 2)
+    assert not grpo["oom"] and set(grpo["breakdown_sec"]) == {"collect", "update"}
 
 
 def test_grad_fidelity_matches_the_library_and_report_builds(tmp_path: Path) -> None:
