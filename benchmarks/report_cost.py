@@ -7,11 +7,21 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import plots
+from benchmarks.cost import GROUP_SWEEP, SIZES
 from benchmarks.report_common import MEM_TARGET, NOT_RUN, TIME_TARGET, Section
 
 
+def at_size_batch(cost: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records at their size's own batch (the T tables); the group-size sweep's other batches are left out."""
+    return [r for r in cost if r["model_size"] not in SIZES or r["batch"] == SIZES[r["model_size"]]["batch"]]
+
+
+def label(r: dict[str, Any]) -> str:
+    return f"{r['method']} (G={r['group_size']})" if r.get("group_size") else r["method"]
+
+
 def leapalign_targets(cost: Sequence[dict[str, Any]], size: str) -> dict[str, Any] | None:
-    rows = {r["T"]: r for r in cost if r["method"] == "leapalign" and r["model_size"] == size}
+    rows = {r["T"]: r for r in at_size_batch(cost) if r["method"] == "leapalign" and r["model_size"] == size}
     if 10 not in rows or 50 not in rows:
         return None
     return {
@@ -42,8 +52,14 @@ def cost_section(cost: list[dict[str, Any]], assets: Path) -> Section:
         "jemalloc's counters are exact, and reading them costs nothing. Without jemalloc the script falls back to",
         "the RSS under `MALLOC_MMAP_THRESHOLD_=131072` and says so in `memory_method`.",
         "AlignProp is measured with its window at the whole chain (its worst case: DRaFT with full backprop).",
+        "The policy-gradient methods run the trainer's own iteration (`policy_gradient_iteration`): the rollout of",
+        "whole groups of G samples per prompt without gradients (sampling, decode, reward, advantages), then the",
+        "updates with one forward and backward per trained step, at the protocol's options (one update per",
+        "rollout); the batch is the same number of samples as the direct methods'.",
         "",
     ]
+    sweep = [r for r in cost if r not in at_size_batch(cost)]
+    cost = at_size_batch(cost)
     for size in dict.fromkeys(r["model_size"] for r in cost):
         rows = sorted(
             (r for r in cost if r["model_size"] == size),
@@ -60,7 +76,7 @@ def cost_section(cost: list[dict[str, Any]], assets: Path) -> Section:
         ]
         for r in rows:
             s.lines.append(
-                f"| {r['method']} | {r['T']} | {r['sec_per_iter']:.3f} | {r['sampling_sec']:.3f} | "
+                f"| {label(r)} | {r['T']} | {r['sec_per_iter']:.3f} | {r['sampling_sec']:.3f} | "
                 f"{r['iter_over_sampling']:.2f} | {(r['T'] + 4) / r['T']:.2f} | {r['peak_mem_delta_mb']:.1f} | "
                 f"{r['peak_mem_mb']:.0f} |"
             )
@@ -79,11 +95,71 @@ def cost_section(cost: list[dict[str, Any]], assets: Path) -> Section:
                 *breakdown_table(cost, size),
                 *memory_comparison(cost, size),
             ]
+        s.lines += policy_breakdown_table(cost, size)
+    s.lines += group_sweep_table([*cost, *sweep])
     return s
 
 
+def policy_breakdown_table(cost: Sequence[dict[str, Any]], size: str) -> list[str]:
+    """The policy-gradient methods against LeapAlign at the same batch, with their rollout / update split."""
+    rows = [r for r in cost if r["model_size"] == size and r.get("group_size")]
+    if not rows:
+        return []
+    lines = [
+        f"The policy-gradient iteration at {size} (medians, seconds): `collect` = the rollout without gradients",
+        "(T steps, the SDE ones recorded), decode, reward and advantages; `update` = one forward and backward per",
+        "trained step, clipping and AdamW. LeapAlign's iteration at the same batch and T for comparison.",
+        "",
+        "| method | T | collect | update | s / iter | LeapAlign s / iter | ratio | Δpeak MiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(rows, key=lambda r: (r["method"], r["T"])):
+        b, la = r["breakdown_sec"], row(cost, size, "leapalign", r["T"])
+        la_sec = f"{la['sec_per_iter']:.3f}" if la else "–"
+        ratio = f"{r['sec_per_iter'] / la['sec_per_iter']:.2f}" if la else "–"
+        lines.append(
+            f"| {label(r)} | {r['T']} | {b['collect']:.3f} | "
+            f"{b['update']:.3f} | {r['sec_per_iter']:.3f} | {la_sec} | {ratio} | {r['peak_mem_delta_mb']:.1f} |"
+        )
+    return [*lines, ""]
+
+
+def group_sweep_table(cost: Sequence[dict[str, Any]]) -> list[str]:
+    """Seconds per iteration and memory against the group size at a fixed number of prompts per iteration."""
+    size, steps, prompts = GROUP_SWEEP["size"], GROUP_SWEEP["T"], GROUP_SWEEP["prompts"]
+    rows = [
+        r
+        for r in cost
+        if (r["model_size"], r["T"]) == (size, steps)
+        and ((r.get("group_size") and r["batch"] == prompts * r["group_size"]) or r["method"] in GROUP_SWEEP["direct"])
+    ]
+    groups = sorted({r["group_size"] for r in rows if r.get("group_size")})
+    if not groups:
+        return []
+    lines = [
+        f"**Group size** at {size}, T = {steps}, {prompts} prompts per iteration and G samples each (batch "
+        f"{prompts}G); LeapAlign at the same batches. Cells: s / iter, Δpeak MiB.",
+        "",
+        "| method | " + " | ".join(f"G = {g} (batch {prompts * g})" for g in groups) + " |",
+        "|---|" + "---|" * len(groups),
+    ]
+    for method in dict.fromkeys(r["method"] for r in sorted(rows, key=lambda r: r["method"] != "leapalign")):
+        cells = []
+        for g in groups:
+            hit = next(
+                (r for r in rows if r["method"] == method and r["batch"] == prompts * g),
+                None,
+            )
+            cells.append(f"{hit['sec_per_iter']:.2f} s, {hit['peak_mem_delta_mb']:.0f} MiB" if hit else "–")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def row(cost: Sequence[dict[str, Any]], size: str, method: str, steps: int) -> dict[str, Any] | None:
-    return next((r for r in cost if (r["model_size"], r["method"], r["T"]) == (size, method, steps)), None)
+    """The record of ``method`` at ``size``, ``T = steps`` and the size's own batch (``None`` if absent)."""
+    return next(
+        (r for r in at_size_batch(cost) if (r["model_size"], r["method"], r["T"]) == (size, method, steps)), None
+    )
 
 
 def breakdown_table(cost: Sequence[dict[str, Any]], size: str) -> list[str]:
@@ -145,15 +221,15 @@ def cost_gpu_section(records: list[dict[str, Any]]) -> Section:
             "cpu` runs the same code on tiny models (a test does).",
         ]
         return s
-    s.lines += ["| arch | finetune | px | method | T | s / iter | sampling s | peak MiB | Δpeak MiB | OOM |"]
-    s.lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    s.lines += ["| arch | finetune | px | method | batch | T | s / iter | sampling s | peak MiB | Δpeak MiB | OOM |"]
+    s.lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in records:
+        where = f"| {r['model_size']} | {r['finetune']} | {r['resolution']} | {label(r)} | {r['batch']} | {r['T']} |"
         if r.get("oom"):
-            where = f"| {r['model_size']} | {r['finetune']} | {r['resolution']} | {r['method']} | {r['T']} |"
             s.lines.append(where + " – | – | – | – | yes |")
         else:
             s.lines.append(
-                f"| {r['model_size']} | {r['finetune']} | {r['resolution']} | {r['method']} | {r['T']} | "
+                f"{where} "
                 f"{r['sec_per_iter']:.2f} | {r['sampling_sec']:.2f} | {r['peak_mem_mb']:.0f} | "
                 f"{r['peak_mem_delta_mb']:.0f} | no |"
             )
