@@ -224,3 +224,12 @@ def test_gradient_accumulation_matches_the_larger_batch(tmp_path: Path) -> None:
     # Adam's update hides a wrongly scaled gradient; the logged (pre-clipping) gradient norm does not.
     norms = [read_metrics(runs[n] / "metrics.jsonl")[0]["grad_norm"] for n in ("big", "accum")]
     assert norms[0] == pytest.approx(norms[1], rel=1e-5)
+
+
+@pytest.mark.parametrize("method", ["flow-grpo", "dance-grpo", "mix-grpo"])
+def test_policy_gradient_methods_train_on_a_non_differentiable_reward(tmp_path: Path, method: str) -> None:
+    rc, run = train_cli(tmp_path, "model=tiny-sd3", "reward=png_compressibility", config=f"tiny/{method}")
+    assert rc == 0
+    records = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2] and all(r["grad_norm"] is not None for r in records)
+    assert load_config(str(run / "config.yaml")).reward.terms[0].name == "png_compressibility"
