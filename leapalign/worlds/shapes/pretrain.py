@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -68,8 +69,16 @@ class Pretrainer:
         ema_decay: float = 0.999,
         dropout: float = 0.1,
         arch: ShapesArch | None = None,
+        schedule: str = "constant",
+        total_steps: int | None = None,
+        min_lr: float = 1e-5,
     ) -> None:
+        if schedule not in ("constant", "cosine"):
+            raise ValueError(f"unknown schedule {schedule!r}; use constant or cosine.")
+        if schedule == "cosine" and not total_steps:
+            raise ValueError("the cosine schedule needs total_steps (the step it reaches min_lr at).")
         self.out, self.seed, self.batch, self.lr, self.warmup = out, seed, batch, lr, warmup
+        self.schedule, self.total_steps, self.min_lr = schedule, total_steps, min_lr
         self.ema_decay, self.dropout = ema_decay, dropout
         self.arch = arch or ShapesArch()
         torch.manual_seed(seed)
@@ -82,7 +91,12 @@ class Pretrainer:
         self.elapsed = 0.0
 
     def lr_at(self, step: int) -> float:
-        return self.lr * min(1.0, (step + 1) / self.warmup)
+        """Linear warm-up, then constant or a cosine decay to ``min_lr`` at ``total_steps``."""
+        if step < self.warmup or self.schedule == "constant":
+            return self.lr * min(1.0, (step + 1) / self.warmup)
+        assert self.total_steps is not None
+        progress = min(1.0, (step - self.warmup) / max(1, self.total_steps - self.warmup))
+        return self.min_lr + 0.5 * (self.lr - self.min_lr) * (1 + math.cos(math.pi * progress))
 
     def train_step(self) -> float:
         prompts, images = make_batch(self.records, self.seed, self.step, self.batch)
@@ -124,6 +138,9 @@ class Pretrainer:
             "lr": self.lr,
             "warmup": self.warmup,
             "ema_decay": self.ema_decay,
+            "schedule": self.schedule,
+            "total_steps": self.total_steps,
+            "min_lr": self.min_lr,
             "arch": self.arch.to_dict(),
             "param_groups": opt_sd["param_groups"],
         }
@@ -143,6 +160,16 @@ class Pretrainer:
         if not (ck / "state.json").is_file():
             return False
         state = json.loads((ck / "state.json").read_text())
+        mine = {"schedule": self.schedule, "total_steps": self.total_steps, "lr": self.lr, "batch": self.batch}
+        theirs = {"schedule": state.get("schedule", "constant"), "total_steps": state.get("total_steps")}
+        theirs |= {"lr": state["lr"], "batch": state["batch"]}
+        if mine["schedule"] == "constant":  # a constant schedule does not depend on the total
+            mine["total_steps"] = theirs["total_steps"] = None
+        if mine != theirs:
+            raise ValueError(
+                f"{ck} was written with {theirs}, this run asks for {mine}: resume with the same --schedule, "
+                f"--steps (cosine), --lr and --batch, or use another --out."
+            )
         self.transformer.load_state_dict(load_file(str(ck / "model.safetensors")))
         self.ema = load_file(str(ck / "ema.safetensors"))
         flat = load_file(str(ck / "optimizer.safetensors"))
@@ -197,11 +224,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
+                        help="learning rate after the warm-up (cosine: down to 1e-5 at --steps)")  # fmt: skip
     parser.add_argument("--export", type=Path, default=None, help="write the EMA weights here when done")
     parser.add_argument("--export-only", action="store_true", help="export the latest checkpoint, do not train")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    trainer = Pretrainer(args.out, seed=args.seed, batch=args.batch, lr=args.lr)
+    trainer = Pretrainer(
+        args.out, seed=args.seed, batch=args.batch, lr=args.lr, schedule=args.schedule, total_steps=args.steps
+    )
     if args.export_only:
         if not trainer.load():
             raise SystemExit(f"{args.out} has no checkpoint to export.")

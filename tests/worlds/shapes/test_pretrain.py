@@ -28,3 +28,22 @@ def test_pretraining_resumes_exactly_and_exports(tmp_path: Path) -> None:
     straight.export(tmp_path / "export")
     loaded = load_base_transformer(tmp_path / "export").state_dict()
     assert all(torch.equal(loaded[k], straight.ema[k]) for k in loaded)
+
+
+def test_cosine_schedule_decays_resumes_exactly_and_refuses_another_total(tmp_path: Path) -> None:
+    import pytest
+
+    make = lambda out, total=4: Pretrainer(out, batch=4, warmup=2, schedule="cosine", total_steps=total)  # noqa: E731
+    straight = make(tmp_path / "a")
+    assert straight.lr_at(1) == pytest.approx(1e-3) and straight.lr_at(4) == pytest.approx(1e-5)
+    assert straight.lr_at(2) > straight.lr_at(3) > straight.lr_at(4)
+    straight.run(4, checkpoint_every=2)
+    make(tmp_path / "b").run(2, checkpoint_every=2)
+    resumed = make(tmp_path / "b")
+    resumed.run(4, checkpoint_every=2)
+    a, b = straight.transformer.state_dict(), resumed.transformer.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="resume with the same --schedule"):
+        make(tmp_path / "b", total=8).load()
+    with pytest.raises(ValueError, match="cosine schedule needs total_steps"):
+        Pretrainer(tmp_path / "c", schedule="cosine")
