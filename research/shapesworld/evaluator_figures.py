@@ -1,5 +1,7 @@
 """Reproducible figures of ShapesEval (:mod:`leapalign.worlds.shapes.evaluator`): accuracy on ground-truth renders
-(clean, blurred, noisy), acceptance of mismatched prompts and of pure-noise images.
+(clean, blurred, noisy), acceptance of mismatched prompts and of pure-noise images, and, on scenes drawn by PIL
+with no code of the world's renderer (:mod:`research.shapesworld.pil_shapes`), the accuracy on circles, squares and
+triangles at any rotation and scale and the acceptance of every other kind of shape.
 
 Write them (from the repository root; ``--out`` defaults to ``research/shapesworld/results/shapes_eval_figures.json``)::
 
@@ -12,16 +14,18 @@ import argparse
 import json
 import logging
 import random
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from leapalign.worlds.shapes.evaluator import _PROTOS, Detection, check, evaluate
+from leapalign.worlds.shapes.evaluator import _PROTOS, Detection, check, detect_batch, evaluate
 from leapalign.worlds.shapes.negatives import KINDS, mismatch
 from leapalign.worlds.shapes.prompts import load_metadata
 from leapalign.worlds.shapes.scenes import CANVAS, render, scene_for
+from research.shapesworld.pil_shapes import INVALID, VALID, draw_scene, random_scene
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +123,54 @@ def mismatch_acceptance(
     return out
 
 
-def measure(num_seeds: int = 8, blur_sigma: float = 0.6, noise_std: float = 0.05, num_noise: int = 200) -> dict:
+def independent_figures(num: int = 500, seed: int = 0, blur_sigma: float = 0.6, noise_std: float = 0.03) -> dict:
+    """ShapesEval on PIL-drawn scenes (:mod:`research.shapesworld.pil_shapes`), clean, blurred and noisy.
+
+    Args:
+        num: Scenes per kind (one object each; sizes 8-18 px, any rotation), and scenes of 3 valid objects.
+        seed: Seed of the scenes.
+        blur_sigma: Gaussian blur of the ``blur`` condition, in pixels.
+        noise_std: Pixel noise of the ``noise`` condition.
+
+    Returns:
+        Per condition: ``{"valid": {kind: accuracy}, "invalid": {kind: share named as a valid shape},
+        "scenes_of_three": accuracy, "by_size": {"8-11" | "11-14" | "14-18": accuracy over the valid kinds}}``.
+    """
+    rng = np.random.default_rng(seed)
+    kinds = [*VALID, *INVALID]
+    scenes = {kind: [random_scene([kind], rng) for _ in range(num)] for kind in kinds}
+    triples = [random_scene([list(VALID)[i] for i in rng.integers(0, len(VALID), 3)], rng, (8, 12)) for _ in range(num)]
+    clean = {
+        kind: np.stack([draw_scene(s, seed=i) for i, s in enumerate(v)])
+        for kind, v in [*scenes.items(), ("3", triples)]
+    }
+    out = {}
+    for name in ("clean", "blur", "noise"):
+        row: dict = {"valid": {}, "invalid": {}}
+        sizes: dict[str, list[bool]] = {"8-11": [], "11-14": [], "14-18": []}
+        for kind, images in clean.items():
+            if name == "blur":
+                images = gaussian_blur(images, blur_sigma)
+            elif name == "noise":
+                images = gaussian_noise(images, noise_std, seed=seed + len(kind))
+            found = detect_batch(images)
+            if kind == "3":
+                right = [Counter((d.shape, d.color) for d in ds) == Counter((VALID[o.kind], o.color) for o in sc)
+                         for ds, sc in zip(found, triples, strict=True)]  # fmt: skip
+                row["scenes_of_three"] = float(np.mean(right))
+            elif kind in VALID:
+                right = [len(ds) == 1 and ds[0].shape == VALID[kind] for ds in found]
+                row["valid"][kind] = float(np.mean(right))
+                for ok, sc in zip(right, scenes[kind], strict=True):
+                    sizes["8-11" if sc[0].size < 11 else "11-14" if sc[0].size < 14 else "14-18"].append(ok)
+            else:
+                row["invalid"][kind] = float(np.mean([any(d.shape != "unknown" for d in ds) for ds in found]))
+        row["by_size"] = {k: float(np.mean(v)) for k, v in sizes.items()}
+        out[name] = row
+    return out
+
+
+def measure(num_seeds: int = 8, blur_sigma: float = 0.6, noise_std: float = 0.03, num_noise: int = 200) -> dict:
     """Measures ShapesEval on ground-truth renders of the held-out prompts and on pure noise.
 
     Args:
@@ -150,6 +201,7 @@ def measure(num_seeds: int = 8, blur_sigma: float = 0.6, noise_std: float = 0.05
             "mismatch_count": {k: count for k, (_, count) in negatives.items()},
         }
     out["garbage_acceptance"] = garbage_acceptance(num_noise)
+    out["independent"] = independent_figures(blur_sigma=blur_sigma, noise_std=noise_std)
     return out
 
 

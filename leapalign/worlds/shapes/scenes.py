@@ -37,13 +37,15 @@ MIN_GAP = 2.0  # pixels between the bounding boxes of two objects
 @dataclass(frozen=True)
 class Obj:
     """One object: ``shape`` in :data:`SHAPES`, ``color`` in :data:`COLORS`, centre ``(cx, cy)`` and bounding
-    ``size`` in pixels (x to the right, y downwards)."""
+    ``size`` in pixels (x to the right, y downwards), turned by ``angle`` radians about its centre (clockwise on
+    screen; the training scenes are upright, angle 0, and :meth:`bbox` is the upright box)."""
 
     shape: str
     color: str
     cx: float
     cy: float
     size: float
+    angle: float = 0.0
 
     def bbox(self) -> tuple[float, float, float, float]:
         h = self.size / 2
@@ -61,6 +63,9 @@ class Scene:
 def _mask(obj: Obj, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     r = obj.size / 2
     dx, dy = xs - obj.cx, ys - obj.cy
+    if obj.angle:  # the upright shape's coordinates of each point
+        c, s = np.cos(obj.angle), np.sin(obj.angle)
+        dx, dy = c * dx + s * dy, -s * dx + c * dy
     if obj.shape == "circle":
         return dx**2 + dy**2 <= r**2
     if obj.shape == "square":
