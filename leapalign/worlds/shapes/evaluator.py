@@ -12,17 +12,18 @@ Detection, for a ``(3, H, W)`` image in ``[0, 1]`` on a black background:
 2. Foreground is split into 8-connected components; stray pixels of a minority colour inside a component are
    given the component's main colour, and components per colour (``scipy.ndimage.label``) become objects.
    Components under :data:`MIN_AREA` pixels are dropped.
-3. Shapes are classified from moments of the coverage over the object dilated by one pixel, minus the
-   background level. These moments are scale invariant and, being cumulants, unchanged by an isotropic Gaussian
-   blur: a triangle is the only skewed shape (third cumulant, ~0.02 vs ~0); a circle's fourth cumulant is the
-   same along the axes and the diagonals, while a square's along the diagonals is half that along its axes.
-4. Noise is rejected: a component whose colour is mixed (pure noise forms one image-wide component), that barely
-   stands out from its surroundings, is not compact, or whose moments are far from its shape's, gets the shape
-   ``unknown`` (it matches no class); so does every component of an image whose background is not black.
+3. Each object is read on its own territory (the pixels within :data:`GROW` px nearer to it than to any other
+   object): its coverage minus the background, smoothed by :data:`SMOOTH` px and less the background's noise
+   level, gives six shape invariants (:mod:`~leapalign.worlds.shapes.moments`), unchanged by rotation, scale and
+   an isotropic blur. The shape is the class with a template (the exact circle, square, or a triangle with all
+   angles >= 25 degrees) within its calibrated tolerance of every invariant, else ``unknown``.
+4. Noise is rejected: a component whose colour is mixed (pure noise forms one image-wide component) or that
+   barely stands out from its surroundings is ``unknown`` (it matches no class); so is every component of an
+   image whose background is not black.
 
 ``python -m research.shapesworld.evaluator_figures`` (from a checkout of the repository) measures the accuracy on
-ground-truth renders of the held-out prompts, clean, blurred and noisy, the acceptance rate of mismatched
-prompts (:mod:`leapalign.worlds.shapes.negatives`) and that of pure noise
+ground-truth renders of the held-out prompts and on independently drawn scenes of every kind of shape, clean,
+blurred and noisy, and the acceptance of mismatched prompts and of pure noise
 (``research/shapesworld/results/shapes_eval_figures.json``).
 """
 
