@@ -17,9 +17,8 @@ Detection, for a ``(3, H, W)`` image in ``[0, 1]`` on a black background:
    level, gives six shape invariants (:mod:`~leapalign.worlds.shapes.moments`), unchanged by rotation, scale and
    an isotropic blur. The shape is the class with a template (the exact circle, square, or a triangle with all
    angles >= 25 degrees) within its calibrated tolerance of every invariant, else ``unknown``.
-4. Noise is rejected: a component whose colour is mixed (pure noise forms one image-wide component) or that
-   barely stands out from its surroundings is ``unknown`` (it matches no class); so is every component of an
-   image whose background is not black.
+4. A component whose colour is mixed (pure noise makes one image-wide component), that barely stands out, or
+   that lies on a background that is not black is ``unknown`` too (it matches no class).
 
 ``python -m research.shapesworld.evaluator_figures`` (from a checkout of the repository) measures the accuracy on
 ground-truth renders of the held-out prompts and on independently drawn scenes of every kind of shape, clean,
