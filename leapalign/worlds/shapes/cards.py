@@ -28,13 +28,16 @@ def base_card(state: dict[str, Any], metrics: dict[str, Any], params: int) -> st
     rows = "\n".join(
         f"| {k.removeprefix('shapes_eval.')} | {v:.3f} |" for k, v in metrics.items() if k.startswith("shapes_eval.")
     )
+    cosine = state.get("schedule", "constant") == "cosine"
     command = (
         f"python -m leapalign.worlds.shapes.pretrain --out runs/shapes-pretrain --steps {state['step']} "
-        "--export leapalign/worlds/shapes/assets/base"
+        + ("--schedule cosine " if cosine else "")
+        + "--export leapalign/worlds/shapes/assets/base"
     )
+    decay = f", then a cosine decay to {state.get('min_lr')} at step {state.get('total_steps')}" if cosine else ""
     recipe = (
-        f"Seed {state['seed']}, batch {state['batch']}, AdamW lr {state['lr']} (warm-up {state['warmup']} steps), "
-        f"{state['step']} steps"
+        f"Seed {state['seed']}, batch {state['batch']}, AdamW lr {state['lr']} (warm-up {state['warmup']} steps"
+        f"{decay}), {state['step']} steps"
     )
     return f"""# ShapesWorld base model
 

@@ -10,6 +10,14 @@ Held-out prompts are combinations never seen in training: held-out (count, shape
 (shape, relation, shape) and (colour, shape, colour, shape) combinations, plus held-out phrasings for the
 single- and two-object categories, which have too few combinations to hold any out. The split is fixed by a
 seed and shipped as JSONL files (:func:`write_prompt_files`; ``python -m leapalign.worlds.shapes.prompts``).
+
+Relations and bindings are held out *with their twins*, so that no held-out prompt can be answered by recalling a
+training prompt with the same words that asks for another scene. For position the unit held out is a pair of
+shapes on an axis: "a circle left of a square", "a square right of a circle" (the same layout), "a square left of
+a circle" and "a circle right of a square" (the opposite one, same words) are all held out or all trained on; in
+training every trained pair appears on its axis in both word orders. For colour binding the unit is a scene and
+its swapped binding: "a red circle and a blue square", "a blue square and a red circle", "a blue circle and a red
+square", "a red square and a blue circle". :func:`twin_group` names the unit of a combination.
 """
 
 from __future__ import annotations
@@ -23,7 +31,6 @@ from leapalign.worlds.shapes.scenes import COLORS, RELATIONS, SHAPES
 
 CATEGORIES: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 NUMBERS = {1: "one", 2: "two", 3: "three", 4: "four"}
-SPLIT_SEED = 20261125
 
 # (train templates, held-out templates); {a}/{b} are noun phrases.
 TEMPLATES: dict[str, tuple[list[str], list[str]]] = {
@@ -92,8 +99,23 @@ def _metadata(category: str, combo: tuple, template: str) -> dict:
     raise ValueError(f"unknown category {category!r}; known: {', '.join(CATEGORIES)}.")
 
 
+SPLIT_SEED = 20261205
 HELD_OUT_FRACTION = {"counting": 1 / 3, "colors": 1 / 3, "position": 1 / 3, "color_attr": 0.2}
 EVAL_LIMIT = {"color_attr": 24}  # held-out binding combinations used for evaluation
+_AXIS = {"left of": "x", "right of": "x", "above": "y", "below": "y"}
+
+
+def twin_group(category: str, combo: tuple) -> tuple:
+    """The unit a combination is held out with: itself, or for ``position`` the unordered pair of shapes and the
+    axis, for ``color_attr`` the unordered pair of bindings together with its swap."""
+    if category == "position":
+        a, rel, b = combo
+        return (tuple(sorted((a, b))), _AXIS[rel])
+    if category == "color_attr":
+        c1, a, c2, b = combo
+        scenes = sorted([tuple(sorted([(c1, a), (c2, b)])), tuple(sorted([(c2, a), (c1, b)]))])
+        return tuple(scenes)
+    return combo
 
 
 def build_prompt_sets(seed: int = SPLIT_SEED) -> tuple[list[dict], list[dict]]:
@@ -103,14 +125,19 @@ def build_prompt_sets(seed: int = SPLIT_SEED) -> tuple[list[dict], list[dict]]:
     held: list[dict] = []
     for category, combos in _combos().items():
         train_tpl, eval_tpl = TEMPLATES[category]
-        combos = list(combos)
-        rng.shuffle(combos)
-        n_held = round(len(combos) * HELD_OUT_FRACTION.get(category, 0.0))
-        held_combos, train_combos = combos[:n_held], combos[n_held:]
+        groups: dict[tuple, list[tuple]] = {}
+        for combo in combos:
+            groups.setdefault(twin_group(category, combo), []).append(combo)
+        units = sorted(groups, key=str)
+        rng.shuffle(units)
+        n_units = round(len(units) * HELD_OUT_FRACTION.get(category, 0.0))
+        held_combos = [c for u in units[:n_units] for c in sorted(groups[u], key=str)]
+        train_combos = [c for u in units[n_units:] for c in groups[u]]
+        n_held = len(held_combos)
         for combo in sorted(train_combos, key=str):
             train.extend({"tag": category, **_metadata(category, combo, t)} for t in train_tpl)
         if n_held:  # held-out combinations, in GenEval's phrasing and in a held-out phrasing
-            for combo in sorted(held_combos, key=str)[: EVAL_LIMIT.get(category, n_held)]:
+            for combo in held_combos[: EVAL_LIMIT.get(category, n_held)]:  # whole twin groups first
                 held.extend({"tag": category, **_metadata(category, combo, t)} for t in (train_tpl[0], eval_tpl[0]))
         else:  # too few combinations: held-out phrasings of every combination
             for combo in sorted(combos, key=str):
