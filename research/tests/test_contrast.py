@@ -32,8 +32,8 @@ def test_two_object_prompts_get_collapse_negatives_first() -> None:
         "a photo of a circle and a circle",
         "a photo of a square and a square",
     )
-    misses = near_misses("a photo of a blue circle and a cyan triangle", 4)
-    assert "a photo of a blue circle and a blue triangle" in misses
+    misses = near_misses("a photo of a red circle and a cyan triangle", 4)
+    assert "a photo of a red circle and a red triangle" in misses
     assert near_misses("a photo of a circle and a square", 3, seed=0) == near_misses(
         "a photo of a circle and a square", 3, seed=0
     )
@@ -65,7 +65,7 @@ def test_contrastive_score_is_a_probability_that_prefers_the_true_scene() -> Non
 def test_near_miss_kinds_keep_only_the_chosen_edits() -> None:
     kinds = parse_kinds("color,count")
     assert kinds == ("color", "count") and parse_kinds(None) == NEAR_MISS_KINDS
-    binding = "a photo of a blue circle and a cyan triangle"
+    binding = "a photo of a red circle and a cyan triangle"
     misses = near_misses(binding, 8, kinds=kinds)
     assert misses and all(m.count("circle") == 1 and m.count("triangle") == 1 for m in misses)  # shapes kept
     assert all(m.split()[-1] == "triangle" and m != binding for m in misses)
