@@ -117,11 +117,16 @@ class AnnotatorTrainer:
     (blur, noise, tint, patch grid, brightness) so that it reads imperfect images."""
 
     def __init__(
-        self, seed: int = 0, batch: int = 64, lr: float = 3e-3, corruptions: tuple[str, ...] = ANNOTATOR_CORRUPTIONS
+        self,
+        seed: int = 0,
+        batch: int = 64,
+        lr: float = 3e-3,
+        corruptions: tuple[str, ...] = ANNOTATOR_CORRUPTIONS,
+        model_cls: type[SceneSegmenter] = SceneSegmenter,
     ) -> None:
         self.seed, self.batch, self.lr, self.corruptions = seed, batch, lr, tuple(corruptions)
         torch.manual_seed(seed)
-        self.model = SceneSegmenter()
+        self.model = model_cls()
         self.records = {c: [m for m in load_metadata("train") if m["tag"] == c] for c in CATEGORIES}
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=0.01)
 

@@ -56,15 +56,23 @@ class SceneSegmenter(WeightsDirectory, nn.Module):
         self.enc3 = nn.Sequential(_block(2 * w, 4 * w, 2), _block(4 * w, 4 * w), _block(4 * w, 4 * w))
         self.dec2 = nn.Sequential(_block(6 * w, 2 * w), _block(2 * w, 2 * w))
         self.dec1 = nn.Sequential(_block(3 * w, w), _block(w, w))
-        self.head = nn.Conv2d(w, 1 + len(SHAPES) + len(COLORS), 1)
+        self.head = nn.Conv2d(w, self.num_outputs(), 1)
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+    def num_outputs(self) -> int:
+        """Channels of the head (subclasses with other heads override it)."""
+        return 1 + len(SHAPES) + len(COLORS)
+
+    def maps(self, images: Tensor) -> Tensor:
+        """The head's raw output ``(B, num_outputs, H, W)``."""
         e1 = self.enc1(images * 2 - 1)
         e2 = self.enc2(e1)
         e3 = self.enc3(e2)
         d2 = self.dec2(torch.cat([F.interpolate(e3, scale_factor=2.0), e2], 1))
         d1 = self.dec1(torch.cat([F.interpolate(d2, scale_factor=2.0), e1], 1))
-        out = self.head(d1)
+        return self.head(d1)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.maps(images)
         return out[:, : 1 + len(SHAPES)], out[:, 1 + len(SHAPES) :]
 
 
