@@ -320,6 +320,8 @@ class Trainer:
         "samples_before.png",
         "samples_after.png",
         "reward_curve.png",
+        "curve.json",
+        "proxy_gold.png",
         "config.yaml",
     )
 

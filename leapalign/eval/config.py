@@ -39,6 +39,10 @@ class EvalConfig:
             (EMA weights when EMA is on); each evaluation goes to ``<run>/eval/<tag>/`` and its scalars to
             ``metrics.jsonl`` (``eval/<reward>.mean``, ``.ci95_low``, ``.ci95_high``, ``eval/<evaluator>.<key>``).
         every_n_steps: Optimiser steps between evaluations during training (0: only before and after).
+        curve_images_per_prompt: Images per prompt of the evaluations every ``every_n_steps`` steps (``None``: all
+            ``images_per_prompt``): the first ones of each prompt, so their noise is the before and after
+            evaluations' too. Every evaluation adds a point on this subset to the run's proxy-versus-gold curve
+            (``curve.json``, ``proxy_gold.png``; :mod:`leapalign.eval.curves`).
         prompts: A prompt set: a registered name (``builtin:eval32``, those of plugins), a ``.txt`` / ``.jsonl`` /
             ``.json`` file or an import path (see :mod:`leapalign.data.prompts`).
         limit: Only the first ``limit`` prompts (``None``: all).
@@ -55,6 +59,7 @@ class EvalConfig:
 
     enabled: bool = False
     every_n_steps: int = 0
+    curve_images_per_prompt: int | None = None
     prompts: str = "builtin:eval32"
     limit: int | None = None
     rewards: list[RewardTermConfig] = field(default_factory=list)
@@ -73,5 +78,11 @@ class EvalConfig:
                 raise ValueError(f"invalid value for evaluation.{key}: it must be an integer >= 1.")
         if self.every_n_steps < 0:
             raise ValueError("invalid value for evaluation.every_n_steps: it must be an integer >= 0 (0: off).")
+        k = self.curve_images_per_prompt
+        if k is not None and not 1 <= k <= self.images_per_prompt:
+            raise ValueError(
+                f"invalid value for evaluation.curve_images_per_prompt: {k}; it must be between 1 and "
+                f"evaluation.images_per_prompt ({self.images_per_prompt}), or null for all of them."
+            )
         if self.limit is not None and self.limit < 1:
             raise ValueError("invalid value for evaluation.limit: it must be an integer >= 1, or null for all.")

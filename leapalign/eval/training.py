@@ -5,6 +5,8 @@ the same prompts and noise each time. Each evaluation is a full evaluation folde
 ``eval.json``, ``images.csv``, a captioned ``samples.png``, ``report.md``); its scalars also go to
 ``metrics.jsonl`` / TensorBoard as ``eval/<key>``. The before / after evaluations are copied to
 ``eval_before.json`` / ``eval_after.json`` and ``samples_before.png`` / ``samples_after.png`` at the run's top.
+The evaluations every N steps may draw fewer images (``evaluation.curve_images_per_prompt``); every evaluation
+adds a point on that fixed subset to the run's proxy-versus-gold curve (:mod:`leapalign.eval.curves`).
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import json
 import logging
 import shutil
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from leapalign.data.prompts import load_prompt_set
 from leapalign.eval.config import EvalConfig
+from leapalign.eval.curves import add_point, curve_point
 from leapalign.eval.evaluators import build_evaluator
 from leapalign.eval.report import summarize_run, write_outputs
 from leapalign.eval.runner import SamplingSettings, run_evaluation
@@ -106,11 +110,13 @@ class TrainingEvaluation:
             identity: What identifies the model and its weights (written to ``settings.json``).
         """
         logger.info("evaluating (%s) on %s", tag, self.cfg.prompts)
+        k = self.cfg.curve_images_per_prompt or self.cfg.images_per_prompt
+        sampling = self.sampling if tag in HEADLINE_TAGS else replace(self.sampling, images_per_prompt=k)
         run = run_evaluation(
             model,
             self.prompt_set,
             self.rewards,
-            self.sampling,
+            sampling,
             self.evaluators,
             run_dir / "eval" / tag,
             identity,
@@ -122,6 +128,9 @@ class TrainingEvaluation:
         if tag in HEADLINE_TAGS:
             write_json(run_dir / f"eval_{tag}.json", metrics)
             shutil.copyfile(run_dir / "eval" / tag / "samples.png", run_dir / f"samples_{tag}.png")
+        proxy = f"{self.rewards[0].name}.mean" if self.rewards else None
+        gold = f"{self.evaluators[0].name}.overall" if self.evaluators else None
+        add_point(run_dir, curve_point(run, int(identity.get("step", 0)), k), proxy, gold)
         return metrics
 
     def scalars(self, metrics: dict[str, Any]) -> dict[str, float]:
