@@ -22,6 +22,7 @@ from leapalign.cli.sources import ModelSource, build_source, resolve_compare, re
 from leapalign.config import ConfigError, ExperimentConfig
 from leapalign.data.prompts import load_prompt_set
 from leapalign.eval.evaluators import build_evaluator
+from leapalign.eval.paired import change_cell
 from leapalign.eval.report import headline_keys, summarize_run, write_comparison, write_outputs
 from leapalign.eval.runner import SamplingSettings, run_evaluation
 from leapalign.rewards import RewardTermConfig, build_reward_term
@@ -153,11 +154,12 @@ def print_summary(result: dict[str, Any]) -> str:
         lines.append(f"wrote {result['out'] / 'eval.json'}, images.csv, samples.png and report.md")
         return "\n".join(lines)
     mb, (la, lb) = result["metrics_b"], comp["labels"]
-    lines = [f"{'metric':32s} {la[:14]:>14s} {lb[:14]:>14s}  win rate of {la}"]
+    lines = [f"{'metric':32s} {la[:14]:>14s} {lb[:14]:>14s}  {'change [95% paired CI]':30s} win rate of {la}"]
     for k in keys:
         name = k.rsplit(".", 1)[0]
         w = comp.get(name)
         tail = f"  {w['win_rate']:.3f}" if isinstance(w, dict) and k.endswith((".mean", ".overall")) else ""
-        lines.append(f"{k:32s} {ma[k]:14.4f} {mb.get(k, float('nan')):14.4f}{tail}")
+        change = change_cell(comp["paired"][k]) if k in comp["paired"] else ""
+        lines.append(f"{k:32s} {ma[k]:14.4f} {mb.get(k, float('nan')):14.4f}  {change:30s}{tail}")
     lines.append(f"wrote {result['out'] / 'report.md'}, compare.json, compare.png and A/, B/")
     return "\n".join(lines)

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from leapalign.diversity import prompt_diversity
+from leapalign.eval.paired import change_cell, paired_changes
 from leapalign.eval.runner import EvalRun
 from leapalign.eval.stats import group_means, summarize, win_rate
 from leapalign.eval.store import write_json
@@ -170,6 +171,7 @@ def write_comparison(
 ) -> dict[str, Any]:
     """Writes ``compare.json``, ``compare.png`` (rows: prompts; ``a``'s images, then ``b``'s) and ``report.md``."""
     comp = compare_runs(a, b, labels)
+    comp["paired"] = paired_changes(a, b)
     write_json(root / "compare.json", dict(comp, **{labels[0]: ma, labels[1]: mb}))
     cols = min(a.images_per_prompt, GRID_COLUMNS // 2 or 1)
     picked = _grid_rows(len(a.prompt_set))
@@ -182,19 +184,22 @@ def write_comparison(
         f"# Comparison: {la} vs {lb}",
         "",
         f"Same prompts and seeds (`{a.store.settings['prompts']}`, {ma['num_images']} images each). Win rate: share "
-        f"of prompts where {la}'s mean score beats {lb}'s (ties count one half).",
+        f"of prompts where {la}'s mean score beats {lb}'s (ties count one half). Change: {la} - {lb} on the same "
+        f"images' noise, with a 95% paired bootstrap interval over prompts (stratified by category; "
+        f"`leapalign.eval.paired`).",
         "",
-        f"| metric | {la} | {lb} | {la} - {lb} | win rate of {la} |",
+        f"| metric | {la} | {lb} | {la} - {lb} [95% CI] | win rate of {la} |",
         "|---|---|---|---|---|",
     ]
-    for name in [n for n in comp if n != "labels"]:
+    paired = comp["paired"]
+    for name in [n for n in comp if n not in ("labels", "paired")]:
         key = f"{name}.mean" if name in a.reward_names else f"{name}.overall"
         w = comp[name]
-        lines.append(f"| {name} | {ma[key]:.4f} | {mb[key]:.4f} | {ma[key] - mb[key]:+.4f} | {w['win_rate']:.3f} |")
+        lines.append(f"| {name} | {ma[key]:.4f} | {mb[key]:.4f} | {change_cell(paired[key])} | {w['win_rate']:.3f} |")
     headline = {f"{n}.overall" for n in a.evaluator_names}
     for key in (k for k in _extra_keys(ma, a.evaluator_names) if k not in headline):
-        if key in mb:
-            lines.append(f"| {key} | {ma[key]:.4f} | {mb[key]:.4f} | {ma[key] - mb[key]:+.4f} | |")
+        if key in mb and key in paired:
+            lines.append(f"| {key} | {ma[key]:.4f} | {mb[key]:.4f} | {change_cell(paired[key])} | |")
     lines += ["", f"Left: {la}; right: {lb}.", "", "![comparison](compare.png)", ""]
     (root / "report.md").write_text("\n".join(lines))
     return comp

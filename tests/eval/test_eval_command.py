@@ -102,6 +102,8 @@ def test_compare_a_trained_run_with_its_base_model(setup, capsys) -> None:
         assert 0.0 <= w["win_rate"] <= 1.0 and w["wins"] + w["ties"] + w["losses"] == w["prompts"] == 3
         diff = comp["run"][f"{name}.mean"] - comp["base"][f"{name}.mean"]
         assert w["mean_diff"] == pytest.approx(diff, abs=1e-9)
+        paired = comp["paired"][f"{name}.mean"]
+        assert paired["change"] == pytest.approx(diff, abs=1e-9) and paired["ci_low"] <= diff <= paired["ci_high"]
     settings_a = json.loads((out / "A/settings.json").read_text())
     assert settings_a["model"]["weights"].endswith("checkpoints/step_000002/ema.safetensors")
     assert json.loads((out / "B/settings.json").read_text())["model"]["weights"] is None
