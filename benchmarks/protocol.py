@@ -43,6 +43,7 @@ LATER_DEFAULTS: dict[str, object] = {
     "evaluation.every_n_steps": 0,
     "evaluation.limit": None,
     "evaluation.rewards": [],
+    "evaluation.curve_images_per_prompt": None,  # proxy-versus-gold curves during training (issue 16)
     "evaluation.evaluators": [{"name": "shapes_eval", "args": {}}],
 }
 TOP_KEYS = {"base_config", "common", "evaluation", "seeds", "methods", "ablations"}

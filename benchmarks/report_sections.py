@@ -10,6 +10,7 @@ from typing import Any
 from benchmarks import plots
 from benchmarks.report_common import CATEGORIES, MEM_TARGET, NOT_RUN, TIME_TARGET, Section
 from benchmarks.report_cost import leapalign_targets, row, time_verdict
+from benchmarks.report_curves import peak_gold_lines
 from leapalign.eval.stats import fmt_ci, mean_ci, verdict
 
 
@@ -145,6 +146,8 @@ def methods_section(trained: list[dict[str, Any]], base: dict[str, Any] | None, 
         *table,
         "",
     ]
+    s.lines += ["**Proxy versus gold.** Held-out ShapesEval over each run's curve (its evaluated checkpoints):", ""]
+    s.lines += [*peak_gold_lines(trained, base), ""]
     plots.plot_curves(trained, base, "shapes_score", assets / "methods_shapes_score.png", "Held-out ShapesScore")
     plots.plot_curves(trained, base, "shapes_eval_overall", assets / "methods_shapes_eval.png", "Held-out ShapesEval")
     plots.plot_categories(trained, base, assets / "methods_categories.png", "ShapesEval by category (95% t-interval)")

@@ -93,3 +93,17 @@ def test_grad_fidelity_matches_the_library_and_report_builds(tmp_path: Path) -> 
                "--no-readme")  # fmt: skip
     text = doc.read_text()
     assert "## Gradient fidelity" in text and "Not yet run" in text and "Pending a GPU" in text
+
+
+def test_peak_gold_finds_each_seeds_peak_against_the_base_on_the_same_images() -> None:
+    from benchmarks.report_curves import peak, peak_gold_lines
+
+    def cell(seed: int, values: list[float]) -> dict:
+        points = [{"step": 100 * (i + 1), "shapes_eval_overall": v} for i, v in enumerate(values)]
+        return {"variant": "m", "seed": seed, "curve": points}
+
+    base = {"variant": "base", "curve": [{"step": 0, "shapes_eval_overall": 0.4}]}
+    cells = [cell(0, [0.5, 0.6, 0.45]), cell(1, [0.55, 0.5, 0.5])]
+    assert peak(cells[0]) == (0.6, 200) and peak(cells[1]) == (0.55, 100)
+    row = peak_gold_lines(cells, base)[-1].split(" | ")
+    assert row[2] == "0.400" and row[3].startswith("0.575 ±") and row[4] == "150" and row[6].startswith("0.175 ±")
