@@ -10,7 +10,7 @@ from leapalign.config import ConfigError, load_config
 def test_list_item_overrides_set_the_item_in_place() -> None:
     cfg = load_config("shapes/leapalign", ["reward.terms.0.args.path=runs/x", "reward.terms.0.weight=2"])
     assert cfg.reward.terms[0].weight == 2.0 and cfg.reward.terms[0].args == {"path": "runs/x"}
-    assert cfg.reward.terms[0].name == "shapes_score"
+    assert cfg.reward.terms[0].name == "shapes_layout"
 
 
 @pytest.mark.parametrize(

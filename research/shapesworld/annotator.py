@@ -31,6 +31,7 @@ from scipy import ndimage
 from torch import Tensor
 
 from leapalign.worlds.shapes.evaluator import Detection, check
+from leapalign.worlds.shapes.layout_train import PixelTrainer
 from leapalign.worlds.shapes.prompts import CATEGORIES, load_metadata
 from leapalign.worlds.shapes.scenes import COLORS, SHAPES, Scene, _mask, render, scene_for
 from leapalign.worlds.shapes.score_train import CORRUPTIONS, augment, corrupt, fit, scene_detections
@@ -111,24 +112,17 @@ def agreement(segmenter: SceneSegmenter, images: Tensor, metadata: Sequence[dict
     return out
 
 
-class AnnotatorTrainer:
+class AnnotatorTrainer(PixelTrainer):
     """Supervised training of :class:`SceneSegmenter` on rendered training-prompt scenes, half of them corrupted
     (wrong shape or colour, off-palette, blob, missing, extra or swapped objects), with the reward's nuisances
-    (blur, noise, tint, patch grid, brightness) so that it reads imperfect images."""
+    (blur, noise, tint, patch grid, brightness) so that it reads imperfect images; the package's loop
+    (:class:`~leapalign.worlds.shapes.layout_train.PixelTrainer`)."""
 
     def __init__(
-        self,
-        seed: int = 0,
-        batch: int = 64,
-        lr: float = 3e-3,
-        corruptions: tuple[str, ...] = ANNOTATOR_CORRUPTIONS,
-        model_cls: type[SceneSegmenter] = SceneSegmenter,
+        self, seed: int = 0, batch: int = 64, lr: float = 3e-3, corruptions: tuple[str, ...] = ANNOTATOR_CORRUPTIONS
     ) -> None:
-        self.seed, self.batch, self.lr, self.corruptions = seed, batch, lr, tuple(corruptions)
-        torch.manual_seed(seed)
-        self.model = model_cls()
-        self.records = {c: [m for m in load_metadata("train") if m["tag"] == c] for c in CATEGORIES}
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=0.01)
+        super().__init__(seed, batch, lr, SceneSegmenter)
+        self.corruptions = tuple(corruptions)
 
     def batch_at(self, step: int, rng: np.random.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Images ``(B, 3, 32, 32)``, shape targets and colour targets ``(B, 32, 32)``."""
@@ -148,15 +142,6 @@ class AnnotatorTrainer:
     def loss(self, images: Tensor, shapes: Tensor, colors: Tensor) -> Tensor:
         shape_logits, color_logits = self.model(images)
         return F.cross_entropy(shape_logits, shapes) + F.cross_entropy(color_logits, colors, ignore_index=-1)
-
-    def step(self, step: int, total: int) -> float:
-        for g in self.opt.param_groups:
-            g["lr"] = self.lr * 0.5 * (1 + np.cos(np.pi * step / total))
-        loss = self.loss(*self.batch_at(step))
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        return loss.item()
 
 
 @torch.no_grad()

@@ -19,57 +19,29 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from leapalign.worlds.shapes.perception import PixelUNet, UNetArch, conv_block
 from leapalign.worlds.shapes.scenes import COLORS, SHAPES
 from leapalign.worlds.shapes.score import ScoreArch, ShapesScoreModel, TextTower
-from leapalign.worlds.shapes.weights import WeightsDirectory
 
 
 @dataclass
-class SegmenterArch:
-    """Sizes of the segmenter (a small U-Net)."""
+class SegmenterArch(UNetArch):
+    """Sizes of the segmenter (the package's per-pixel U-Net)."""
 
     width: int = 16
 
 
-def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.GroupNorm(8, cout), nn.SiLU())
-
-
-class SceneSegmenter(WeightsDirectory, nn.Module):
+class SceneSegmenter(PixelUNet):
     """``(B, 3, H, W)`` images in ``[0, 1]`` -> per-pixel shape logits ``(B, 1 + S, H, W)`` (background first)
-    and colour logits ``(B, C, H, W)``.
-
-    A two-level U-Net: its receptive field (about 40 px) spans the largest object, so a pixel's shape is read
-    from the whole object around it, while the skip connections keep the outline sharp.
-    """
+    and colour logits ``(B, C, H, W)``: the package's U-Net (:class:`~leapalign.worlds.shapes.perception.PixelUNet`)
+    with this head."""
 
     arch_cls = SegmenterArch
     what = "annotator"
     how = "; train one with `python -m research.shapesworld.annotator --out DIR`"
 
-    def __init__(self, arch: SegmenterArch | None = None) -> None:
-        super().__init__()
-        self.arch = arch or SegmenterArch()
-        w = self.arch.width
-        self.enc1 = nn.Sequential(_block(3, w), _block(w, w))
-        self.enc2 = nn.Sequential(_block(w, 2 * w, 2), _block(2 * w, 2 * w))
-        self.enc3 = nn.Sequential(_block(2 * w, 4 * w, 2), _block(4 * w, 4 * w), _block(4 * w, 4 * w))
-        self.dec2 = nn.Sequential(_block(6 * w, 2 * w), _block(2 * w, 2 * w))
-        self.dec1 = nn.Sequential(_block(3 * w, w), _block(w, w))
-        self.head = nn.Conv2d(w, self.num_outputs(), 1)
-
     def num_outputs(self) -> int:
-        """Channels of the head (subclasses with other heads override it)."""
         return 1 + len(SHAPES) + len(COLORS)
-
-    def maps(self, images: Tensor) -> Tensor:
-        """The head's raw output ``(B, num_outputs, H, W)``."""
-        e1 = self.enc1(images * 2 - 1)
-        e2 = self.enc2(e1)
-        e3 = self.enc3(e2)
-        d2 = self.dec2(torch.cat([F.interpolate(e3, scale_factor=2.0), e2], 1))
-        d1 = self.dec1(torch.cat([F.interpolate(d2, scale_factor=2.0), e1], 1))
-        return self.head(d1)
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         out = self.maps(images)
@@ -103,12 +75,12 @@ class SegmenterImageTower(nn.Module):
         self.segmenter = SceneSegmenter(SegmenterArch(arch.segmenter_width)).requires_grad_(False)
         cin = 1 + len(SHAPES) + len(COLORS) + len(SHAPES) * len(COLORS)
         self.net = nn.Sequential(
-            _block(cin, w, 1),
-            _block(w, w, 1),
-            _block(w, 2 * w, 2),
-            _block(2 * w, 2 * w, 1),
-            _block(2 * w, 4 * w, 2),
-            _block(4 * w, 4 * w, 2),
+            conv_block(cin, w, 1),
+            conv_block(w, w, 1),
+            conv_block(w, 2 * w, 2),
+            conv_block(2 * w, 2 * w, 1),
+            conv_block(2 * w, 4 * w, 2),
+            conv_block(4 * w, 4 * w, 2),
         )  # 32 -> 32 -> 16 -> 8 -> 4, as the pixels tower
         self.proj = nn.Linear(4 * w * 16, arch.embed_dim)
 

@@ -1,8 +1,9 @@
 """Model cards of the shipped ShapesWorld weights, generated from what the training runs recorded.
 
-Write or refresh both cards (this evaluates the base model on the held-out prompts, a few minutes on CPU)::
+Write or refresh the cards (the base model's evaluates it on the held-out prompts, a few minutes on CPU)::
 
     python -m leapalign.worlds.shapes.cards --pretrain-run runs/shapes-pretrain
+    python -m leapalign.worlds.shapes.cards --rewards-only     # ShapesScore's and ShapesLayout's only
 """
 
 from __future__ import annotations
@@ -87,21 +88,78 @@ Held-out ranking accuracy (renders of the held-out prompts; the true prompt must
 """
 
 
+def layout_card(config: dict[str, Any]) -> str:
+    """Markdown card of the layout reward's perception from the ``config.json`` its training (ranking) and
+    :mod:`~leapalign.worlds.shapes.layout_audit` (agreement with ShapesEval) wrote."""
+    held = config["heldout_ranking"]
+    rows = "\n".join(f"| {k} | {v:.3f} | {held['n_' + k]} |" for k, v in held.items() if not k.startswith("n_"))
+    card = f"""# ShapesLayout (reward `shapes_layout`)
+
+Soft GenEval rules on a learned perception. The prompt's objects, colours, counts and relations come from its
+metadata; the image is read by a small U-Net that labels every pixel background, circle, square, triangle or
+other and predicts the area of the object under it (so that each object counts one), and by analytic colour
+maps. The rules: at least n objects of each included shape and colour, fewer than m of each excluded one, and
+the relation between object centroids, each a sigmoid; the reward is their mean, in [0, 1]. It shares the rules
+with ShapesEval (both read GenEval metadata), not the perception.
+
+- Command: `{config["command"]}`
+- Seed {config["seed"]}, {config["steps"]} steps of batch {config["batch"]}; {config["train_seconds"] / 60:.1f} min on
+  the project machine (2 CPU cores)
+
+Held-out ranking accuracy (renders of the held-out prompts; the true scene must outscore a scene that differs in
+one attribute, under the true prompt; `binding` swaps two objects' colours):
+
+| negative | accuracy | pairs |
+|---|---|---|
+{rows}
+"""
+    agreement = config.get("agreement")
+    if agreement:
+        sampling = agreement["settings"]["sampling"]
+        lines = "\n".join(
+            f"| {k} | {v['auc']:.3f} | {v['n']} | {v['accepted']:.3f} |" for k, v in agreement["by_category"].items()
+        )
+        card += f"""
+Agreement with ShapesEval on the base model's samples (held-out prompts, {sampling["images_per_prompt"]} images per
+prompt, {sampling["num_steps"]} steps, guidance {sampling["guidance"]}): ROC AUC of the reward against ShapesEval's
+verdict (the chance that an accepted image outscores a rejected one); `accepted` is ShapesEval's rate per image.
+
+| category | AUC | images | accepted |
+|---|---|---|---|
+{lines}
+
+Made by `python -m leapalign.worlds.shapes.layout_audit --eval {agreement["eval"]} --write-card`.
+
+The reward reads layout: position, colour binding and two-object prompts are where it separates what ShapesEval
+accepts from what it rejects. On single objects and colours it is saturated (it scores nearly every image above
+0.9, rejected ones included), and the few images ShapesEval rejects there are borderline drawings (lumpy circles,
+rounded squares) that the perception reads as the valid shape: the AUC of those categories ranks near-ties. The
+reward does not judge how well a shape is drawn, only whether it is one of the three, where, how many and in
+what colour.
+"""
+    return card
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Write the model cards of the shipped ShapesWorld weights")
     parser.add_argument("--pretrain-run", type=Path, default=Path("runs/shapes-pretrain"))
     parser.add_argument("--eval-out", type=Path, default=Path("runs/shapes-cards-eval"), help="evaluation folder")
+    parser.add_argument("--rewards-only", action="store_true", help="only the reward cards (no base evaluation)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     from leapalign.data import load_prompt_set
     from leapalign.eval import SamplingSettings, build_evaluator, run_evaluation, summarize_run
     from leapalign.models import ModelConfig, build_model
     from leapalign.rewards import RewardTermConfig, build_reward_term
+    from leapalign.worlds.shapes.layout import default_weights as layout_weights
     from leapalign.worlds.shapes.model import base_weights
     from leapalign.worlds.shapes.score import default_weights
 
-    score_dir = default_weights()
+    score_dir, layout_dir = default_weights(), layout_weights()
     (score_dir / "README.md").write_text(score_card(json.loads((score_dir / "config.json").read_text())))
+    (layout_dir / "README.md").write_text(layout_card(json.loads((layout_dir / "config.json").read_text())))
+    if args.rewards_only:
+        return
     state = json.loads((args.pretrain_run / "checkpoint" / "state.json").read_text())
     model = build_model(ModelConfig(name="shapes", finetune="full", guidance_scale=3.0))
     sampling = SamplingSettings(images_per_prompt=4, num_steps=25, height=32, width=32, guidance=3.0, batch_size=64)

@@ -3,8 +3,10 @@ library's public registries, as a third-party package would (entry point ``leapa
 
 =====================  =============================================================================
 ``model.name``         ``shapes``: the shipped base model (or the transformer folder in ``model.path``)
-``reward``             ``shapes_score``: the learned, differentiable CLIP-style reward; ``shapes_eval``: ShapesEval
-                       as a 0/1 reward (not differentiable: the policy-gradient methods)
+``reward``             ``shapes_score``: the learned, differentiable CLIP-style reward (the HPS analogue);
+                       ``shapes_layout``: soft GenEval rules on a learned perception, differentiable (the
+                       analogue of training on GenEval's rules); ``shapes_eval``: ShapesEval as a 0/1 reward (not
+                       differentiable: the policy-gradient methods)
 ``evaluators``         ``shapes_eval``: the exact GenEval-style evaluator (per-category accuracy)
 prompt sets            ``shapes:train``, ``shapes:eval`` (GenEval-style metadata with a ``tag`` each)
 ``replay_source``      ``shapes:train``: scenes of the training prompts rendered on the fly
@@ -120,6 +122,12 @@ def _shapes_score(**kwargs) -> RewardFn:
     return ShapesScore(**kwargs)
 
 
+def _shapes_layout(**kwargs) -> RewardFn:
+    from leapalign.worlds.shapes.layout import ShapesLayout
+
+    return ShapesLayout(**kwargs)
+
+
 def register() -> None:
     """Registers everything ShapesWorld offers (called once, through the ``leapalign.plugins`` entry point)."""
     MODELS.register("shapes", _shapes_model, "ShapesWorld's shipped 32x32 Flux-architecture base model (CPU)")
@@ -127,6 +135,12 @@ def register() -> None:
         "shapes_score",
         _shapes_score,
         "ShapesWorld's learned CLIP-style reward (shipped weights; args: path); cosine similarity in [-1, 1]",
+    )
+    REWARDS.register(
+        "shapes_layout",
+        _shapes_layout,
+        "ShapesWorld's layout reward: soft GenEval rules (presence, counts, colours, relations) on a learned "
+        "perception (shipped weights; args: path); in [0, 1], differentiable",
     )
     REWARDS.register(
         "shapes_eval",

@@ -24,10 +24,12 @@ COLORS: dict[str, tuple[float, float, float]] = {  # six saturated, well-separat
 # Off-palette colours and an invalid shape, used only to draw *wrong* images (hard negatives for ShapesScore):
 # ShapesEval counts none of them as an object.
 NUISANCE_COLORS: dict[str, tuple[float, float, float]] = {"white": (0.95, 0.95, 0.95), "grey": (0.5, 0.5, 0.5)}
-NUISANCE_SHAPES: tuple[str, ...] = ("ellipse", "trapezoid", "teardrop")
+NUISANCE_SHAPES: tuple[str, ...] = ("ellipse", "trapezoid", "teardrop", "squircle", "pentagon", "hexagon", "oval")
 # Hybrids of two valid shapes (a square tapering to a triangle, a disc drawn out to a point): what a generator
 # fine-tuned on a learned reward draws for "a square and a triangle" to please both words at once.
 HYBRID_SHAPES: tuple[str, ...] = ("trapezoid", "teardrop")
+# Near misses: shapes a blurry generator draws for a valid one (a rounded square, a polygon for a circle, an oval).
+NEAR_MISS_SHAPES: tuple[str, ...] = ("squircle", "pentagon", "hexagon", "oval")
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 CANVAS = 32
 SUPERSAMPLE = 4
@@ -81,6 +83,14 @@ def _mask(obj: Obj, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
         disc = dx**2 + (dy - (r - rc)) ** 2 <= rc**2
         cone = (dy >= -r) & (dy <= r - rc) & (np.abs(dx) <= rc * (dy + r) / (2 * r - rc))
         return disc | cone
+    if obj.shape == "squircle":  # a superellipse of exponent 4: between a circle and a square
+        return (dx / r) ** 4 + (dy / r) ** 4 <= 1
+    if obj.shape == "oval":  # an ellipse of aspect 1.35
+        return (dx / r) ** 2 + (dy * 1.35 / r) ** 2 <= 1
+    if obj.shape in ("pentagon", "hexagon"):  # regular, vertex up, circumradius r
+        n = 5 if obj.shape == "pentagon" else 6
+        normals = [np.pi / 2 + (2 * k + 1) * np.pi / n for k in range(n)]
+        return np.all([np.cos(a) * dx + np.sin(a) * dy <= r * np.cos(np.pi / n) for a in normals], axis=0)
     raise ValueError(f"unknown shape {obj.shape!r}; known shapes: {', '.join(SHAPES)}.")
 
 
