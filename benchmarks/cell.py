@@ -48,22 +48,27 @@ def first_images(images: torch.Tensor, per_prompt: int, keep: int) -> torch.Tens
 
 
 def score(images: torch.Tensor, metadata: list[dict], per_prompt: int) -> dict[str, Any]:
-    """ShapesScore, ShapesEval and pixel diversity of prompt-major float ``images`` (not rounded to 8 bits: the
-    recorded cells were measured this way)."""
+    """ShapesScore, ShapesLayout, ShapesEval and pixel diversity of prompt-major float ``images`` (not rounded to
+    8 bits: the recorded cells were measured this way)."""
     from leapalign.diversity import prompt_diversity
     from leapalign.worlds.shapes.evaluator import evaluate
+    from leapalign.worlds.shapes.layout import ShapesLayout
     from leapalign.worlds.shapes.score import ShapesScore
 
     metas = [m for m in metadata for _ in range(per_prompt)]
     prompts = [m["prompt"] for m in metas]
-    scorer = ShapesScore()
-    with torch.no_grad():
-        scores = torch.cat([scorer(images[i : i + 256], prompts[i : i + 256]) for i in range(0, len(prompts), 256)])
+
+    def mean_of(reward: Any) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([reward(images[i : i + 256], prompts[i : i + 256]) for i in range(0, len(prompts), 256)])
+
+    scores, layout = mean_of(ShapesScore()), mean_of(ShapesLayout())
     result = evaluate(images, metas)
     groups = [i for i in range(len(metadata)) for _ in range(per_prompt)]
     return {
         "shapes_score": scores.mean().item(),
         "shapes_score_std": scores.std().item(),
+        "shapes_layout": layout.mean().item(),
         "shapes_eval": {"overall": result.overall, **result.by_category},
         "diversity": prompt_diversity(images, groups),
         "num_eval_images": len(prompts),
@@ -95,6 +100,7 @@ def curve_point(step: int, train_sec: float, metrics: dict[str, Any]) -> dict[st
         "train_sec": train_sec,
         "shapes_score": metrics["shapes_score"],
         "shapes_eval_overall": metrics["shapes_eval"]["overall"],
+        "shapes_layout": metrics.get("shapes_layout"),
         "diversity": metrics["diversity"],
     }
 
