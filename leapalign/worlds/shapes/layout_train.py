@@ -5,8 +5,8 @@ Training data are scenes of the training prompts rendered on the fly, with what 
 reward must see through: half the scenes corrupted (:func:`~leapalign.worlds.shapes.score_train.corrupt`: an
 object off-palette, flattened, deleted, duplicated, given another shape or colour, exchanged, or drawn as a
 hybrid), one object in four scenes replaced by a near miss of a valid shape (a rounded square, a pentagon, a
-hexagon, an oval: what a blurry generator draws, labelled ``other``), objects turned by a random angle half of
-the time, and the nuisances of
+hexagon, an oval, a lumpy circle or square: what a generator drifts to when nothing asks for clean shapes,
+labelled ``other``), objects turned by a random angle half of the time, and the nuisances of
 :func:`~leapalign.worlds.shapes.score_train.augment` (blur, noise, tint, patch grid, brightness). Targets, from
 each scene's own objects: the class of every pixel (a shape, ``other`` for a shape that is none of the three,
 background), the area of the object each pixel lies on, and per image the number of objects of each shape. The

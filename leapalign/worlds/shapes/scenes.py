@@ -24,12 +24,23 @@ COLORS: dict[str, tuple[float, float, float]] = {  # six saturated, well-separat
 # Off-palette colours and an invalid shape, used only to draw *wrong* images (hard negatives for ShapesScore):
 # ShapesEval counts none of them as an object.
 NUISANCE_COLORS: dict[str, tuple[float, float, float]] = {"white": (0.95, 0.95, 0.95), "grey": (0.5, 0.5, 0.5)}
-NUISANCE_SHAPES: tuple[str, ...] = ("ellipse", "trapezoid", "teardrop", "squircle", "pentagon", "hexagon", "oval")
+NUISANCE_SHAPES: tuple[str, ...] = (
+    "ellipse",
+    "trapezoid",
+    "teardrop",
+    "squircle",
+    "pentagon",
+    "hexagon",
+    "oval",
+    "lumpy_circle",
+    "lumpy_square",
+)
 # Hybrids of two valid shapes (a square tapering to a triangle, a disc drawn out to a point): what a generator
 # fine-tuned on a learned reward draws for "a square and a triangle" to please both words at once.
 HYBRID_SHAPES: tuple[str, ...] = ("trapezoid", "teardrop")
 # Near misses: shapes a blurry generator draws for a valid one (a rounded square, a polygon for a circle, an oval).
-NEAR_MISS_SHAPES: tuple[str, ...] = ("squircle", "pentagon", "hexagon", "oval")
+NEAR_MISS_SHAPES: tuple[str, ...] = ("squircle", "pentagon", "hexagon", "oval", "lumpy_circle", "lumpy_square")
+LUMPINESS = 0.08  # relative amplitude of the lumpy near misses' outline
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 CANVAS = 32
 SUPERSAMPLE = 4
@@ -87,6 +98,10 @@ def _mask(obj: Obj, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
         return (dx / r) ** 4 + (dy / r) ** 4 <= 1
     if obj.shape == "oval":  # an ellipse of aspect 1.35
         return (dx / r) ** 2 + (dy * 1.35 / r) ** 2 <= 1
+    if obj.shape in ("lumpy_circle", "lumpy_square"):  # an outline that wobbles by 8% of the radius, 5 times round
+        wobble = 1 + LUMPINESS * np.sin(5 * np.arctan2(dy, dx))
+        radius = np.hypot(dx, dy) if obj.shape == "lumpy_circle" else np.maximum(np.abs(dx), np.abs(dy))
+        return radius <= r * wobble
     if obj.shape in ("pentagon", "hexagon"):  # regular, vertex up, circumradius r
         n = 5 if obj.shape == "pentagon" else 6
         normals = [np.pi / 2 + (2 * k + 1) * np.pi / n for k in range(n)]

@@ -101,3 +101,19 @@ def test_the_shipped_reward_passes_gradients_to_the_image_and_refuses_foreign_pr
         reward(image.detach(), ["a photo of a cat"])
     with pytest.raises(ValueError, match="sampler.height=sampler.width=32"):
         reward(torch.zeros(1, 3, 16, 16), ["a photo of a red circle"])
+
+
+@pytest.mark.parametrize("method", ["leapalign", "drtune", "flow-grpo"])
+def test_every_kind_of_method_trains_on_the_layout_reward(tmp_path, method: str) -> None:
+    from leapalign.cli import main
+    from leapalign.metrics import read_metrics
+
+    run = tmp_path / method
+    args = ["train", "--config", "shapes/leapalign", f"method={method}", f"run.output_dir={run}"]
+    args += ["train.max_steps=1", "sampler.num_steps=4", "evaluation.enabled=false", "run.export=false"]
+    args += ["run.tensorboard=false", "data.batch_size=4", "train.replay_weight=0"]
+    if method == "flow-grpo":
+        args += ["method.group_size=2"]
+    assert main(args) == 0
+    logged = [r for r in read_metrics(run / "metrics.jsonl") if "reward_mean" in r]
+    assert len(logged) == 1 and 0.0 <= logged[0]["reward_mean"] <= 1.0

@@ -67,7 +67,7 @@ def test_short_leapalign_run_raises_shapes_score(tmp_path: Path) -> None:
         [
             "train",
             "--config",
-            "shapes/leapalign",
+            "shapes/leapalign-score",
             f"run.output_dir={run}",
             "train.max_steps=30",
             "train.lr=1e-4",
