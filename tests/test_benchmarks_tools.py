@@ -107,3 +107,22 @@ def test_peak_gold_finds_each_seeds_peak_against_the_base_on_the_same_images() -
     assert peak(cells[0]) == (0.6, 200) and peak(cells[1]) == (0.55, 100)
     row = peak_gold_lines(cells, base)[-1].split(" | ")
     assert row[2] == "0.400" and row[3].startswith("0.575 ±") and row[4] == "150" and row[6].startswith("0.175 ±")
+
+
+def test_layout_claims_test_leapalign_against_each_rival_per_category() -> None:
+    from benchmarks.layout_claims import claims, markdown
+
+    def cell(variant: str, seed: int, position: float) -> dict:
+        evals = {k: 0.5 for k in ("overall", "single_object", "two_object", "counting", "colors", "color_attr")}
+        return {"variant": variant, "seed": seed, "shapes_layout": 0.6, "shapes_eval": {**evals, "position": position}}
+
+    records = [cell("base", 0, 0.05)]
+    records += [cell("leapalign", s, 0.30 + 0.01 * s) for s in range(3)]
+    records += [cell("refl", s, 0.10 + 0.01 * s) for s in range(3)]
+    result = claims(records)
+    by_claim = {t["claim"]: t for t in result["tests"]}
+    assert by_claim["leapalign beats refl on position"]["verdict"] == "higher"
+    assert by_claim["leapalign beats refl on position"]["p_value"] < 0.001
+    assert by_claim["leapalign beats refl on counting"]["verdict"] == "no significant difference"
+    assert by_claim["leapalign beats drtune on position"]["verdict"] == "too few seeds"
+    assert result["methods"]["leapalign"]["seeds"] == 3 and "| base | – |" in markdown(result)
