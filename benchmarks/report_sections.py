@@ -146,7 +146,11 @@ def methods_section(trained: list[dict[str, Any]], base: dict[str, Any] | None, 
         *table,
         "",
     ]
-    s.lines += ["**Proxy versus gold.** Held-out ShapesEval over each run's curve (its evaluated checkpoints):", ""]
+    s.lines += [
+        "**Proxy versus gold.** Held-out ShapesEval over each run's curve (its evaluated checkpoints, on the curve's "
+        "images: the first of every prompt, the base model's included), and how far each run fell from its peak:",
+        "",
+    ]
     s.lines += [*peak_gold_lines(trained, base), ""]
     plots.plot_curves(trained, base, "shapes_score", assets / "methods_shapes_score.png", "Held-out ShapesScore")
     plots.plot_curves(trained, base, "shapes_eval_overall", assets / "methods_shapes_eval.png", "Held-out ShapesEval")
