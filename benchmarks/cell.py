@@ -219,7 +219,9 @@ class CellRunner:
             record["curve"] = [curve_point(s, cum[s], self.curve_metrics(s, None)) for s in points]
             record["curve"].append(curve_point(steps, cum[steps], self.curve_metrics(steps, images)))
         self.save_grid(images, "samples_final.png")
-        record.update({k: final[k] for k in ("shapes_score", "shapes_score_std", "shapes_eval", "diversity")})
+        record.update(
+            {k: final[k] for k in ("shapes_score", "shapes_score_std", "shapes_layout", "shapes_eval", "diversity")}
+        )
         record.update({"num_eval_images": final["num_eval_images"], "eval_sec": final["eval_sec"]})
         record["wall_clock_sec"] = time.perf_counter() - start
         record.update(provenance(self.threads))
