@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from leapalign.eval.report import summarize_run
 from leapalign.eval.runner import EvalRun
 from leapalign.eval.store import write_json
 
@@ -28,21 +26,11 @@ CURVE_FILE = "curve.json"
 CURVE_PLOT = "proxy_gold.png"
 
 
-def subset(run: EvalRun, images_per_prompt: int) -> EvalRun:
-    """The evaluation restricted to the first ``images_per_prompt`` images of every prompt."""
-    k = min(images_per_prompt, run.images_per_prompt)
-    records = [r for r in run.records if r["repeat"] < k]
-    return replace(run, records=records, images_per_prompt=k)
-
-
 def curve_point(run: EvalRun, step: int, images_per_prompt: int) -> dict[str, Any]:
-    """One point of the curve: every reward mean and evaluator key of the subset's summary, at ``step``."""
-    metrics = summarize_run(subset(run, images_per_prompt))
-    keys = [f"{n}.mean" for n in run.reward_names]
-    keys += [k for k in metrics if k.startswith(tuple(f"{e}." for e in run.evaluator_names))]
-    point: dict[str, Any] = {"step": step, "num_images": metrics["num_images"]}
-    point.update({k: float(metrics[k]) for k in keys})
-    return point
+    """One point of the curve at ``step``: every reward mean and evaluator key over the first
+    ``images_per_prompt`` images of every prompt."""
+    records = [r for r in run.records if r["repeat"] < images_per_prompt]
+    return {"step": step, "num_images": len(records), **run.headline(records)}
 
 
 def read_curve(run_dir: Path) -> dict[str, Any] | None:
@@ -94,13 +82,12 @@ def plot_curve(curve: dict[str, Any], out: Path) -> None:
 
     steps = [p["step"] for p in curve["points"]]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-    lines = []
     if curve["proxy"]:
-        lines += ax.plot(steps, [p.get(curve["proxy"]) for p in curve["points"]], "o-", color="tab:blue")
+        ax.plot(steps, [p.get(curve["proxy"]) for p in curve["points"]], "o-", color="tab:blue")
         ax.set_ylabel(f"proxy: {curve['proxy']}", color="tab:blue")
     if curve["gold"]:
         gold_ax = ax.twinx()
-        lines += gold_ax.plot(steps, [p.get(curve["gold"]) for p in curve["points"]], "s-", color="tab:red")
+        gold_ax.plot(steps, [p.get(curve["gold"]) for p in curve["points"]], "s-", color="tab:red")
         gold_ax.set_ylabel(f"gold: {curve['gold']}", color="tab:red")
     ax.set_xlabel("optimiser step")
     n = curve["points"][-1]["num_images"]

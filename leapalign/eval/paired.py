@@ -30,13 +30,7 @@ def _by_prompt(run: EvalRun) -> dict[int, list[dict]]:
 
 def _summary(run: EvalRun, per_prompt: dict[int, list[dict]], chosen: Sequence[int]) -> dict[str, float]:
     """Every reward mean and evaluator key of the images of the ``chosen`` prompts (with repeats)."""
-    recs = [r for i in chosen for r in per_prompt[i]]
-    entries = [run.prompt_set.entries[r["prompt_index"]] for r in recs]
-    out = {f"{n}.mean": float(np.mean([r["scores"][n] for r in recs])) for n in run.reward_names}
-    for ev in run.evaluators:
-        summary = ev.summarize([r["evals"][ev.name] for r in recs], entries)
-        out.update({f"{ev.name}.{k}": float(v) for k, v in summary.items()})
-    return out
+    return run.headline([r for i in chosen for r in per_prompt[i]])
 
 
 def paired_changes(

@@ -8,6 +8,7 @@ see the 8-bit images that the PNGs hold, so a resumed evaluation gives the same 
 from __future__ import annotations
 
 import logging
+import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -77,6 +78,16 @@ class EvalRun:
     @property
     def evaluator_names(self) -> list[str]:
         return [e.name for e in self.evaluators]
+
+    def headline(self, records: Sequence[dict]) -> dict[str, float]:
+        """Each reward's mean (``<reward>.mean``) and every evaluator key (``<evaluator>.<key>``, from the
+        evaluator's own summary) over ``records``, a selection of this evaluation's records (repeats allowed)."""
+        entries = [self.prompt_set.entries[r["prompt_index"]] for r in records]
+        out = {f"{n}.mean": statistics.fmean(r["scores"][n] for r in records) for n in self.reward_names}
+        for ev in self.evaluators:
+            summary = ev.summarize([r["evals"][ev.name] for r in records], entries)
+            out.update({f"{ev.name}.{k}": float(v) for k, v in summary.items()})
+        return out
 
 
 def run_evaluation(

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from functools import cache
 
 from leapalign.worlds.shapes.negatives import KINDS, _fix_articles, mismatch
-from leapalign.worlds.shapes.prompts import load_metadata
+from leapalign.worlds.shapes.prompts import metadata_by_prompt
 
 NEAR_MISS_KINDS: tuple[str, ...] = (*KINDS, "collapse")
 """Edits a near miss can make: one attribute (:data:`leapalign.worlds.shapes.negatives.KINDS`) or a collapse."""
@@ -55,7 +55,7 @@ def parse_kinds(kinds: str | Sequence[str] | None) -> tuple[str, ...]:
 
 @cache
 def _known_metadata() -> dict[str, dict]:
-    return {m["prompt"]: m for split in ("train", "eval") for m in load_metadata(split)}
+    return metadata_by_prompt()
 
 
 def metadata_of(prompt: str) -> dict:

@@ -131,11 +131,10 @@ verdict (the chance that an accepted image outscores a rejected one); `accepted`
 Made by `python -m leapalign.worlds.shapes.layout_audit --eval {agreement["eval"]} --write-card`.
 
 The reward reads layout: position, colour binding and two-object prompts are where it separates what ShapesEval
-accepts from what it rejects. On single objects and colours it is saturated (it scores nearly every image above
-0.9, rejected ones included), and the few images ShapesEval rejects there are borderline drawings (lumpy circles,
-rounded squares) that the perception reads as the valid shape: the AUC of those categories ranks near-ties. The
-reward does not judge how well a shape is drawn, only whether it is one of the three, where, how many and in
-what colour.
+accepts from what it rejects. On single objects and colours it is nearly saturated (it scores most images above
+0.9, rejected ones included), and the images ShapesEval rejects there are borderline drawings that the perception
+reads as the valid shape: the AUC of those categories ranks near-ties. The reward judges whether a shape is one of
+the three, where, how many and in what colour, and only coarsely how well it is drawn.
 """
     return card
 

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from leapalign.worlds.shapes.perception import CLASSES, ScenePerception, colour_maps
-from leapalign.worlds.shapes.prompts import load_metadata
+from leapalign.worlds.shapes.prompts import metadata_by_prompt
 from leapalign.worlds.shapes.scenes import COLORS
 
 COUNT_TAU = 0.15  # softness of the count rules, in objects (exactly at the bound: 0.96; one object short: 0.04)
@@ -44,7 +44,7 @@ def entry_maps(shapes: Tensor, area: Tensor, colours: Tensor, entry: dict) -> tu
     """The object map ``(H, W)`` and soft count (a scalar) of one metadata entry in one image.
 
     Args:
-        shapes: Class probabilities ``(5, H, W)`` (:data:`~research.shapesworld.perception.CLASSES`).
+        shapes: Class probabilities ``(5, H, W)`` (:data:`~leapalign.worlds.shapes.perception.CLASSES`).
         area: Per-pixel object areas ``(H, W)`` in pixels.
         colours: Colour memberships ``(C, H, W)``.
         entry: ``{"class": shape, "count": n, "color": optional colour}``.
@@ -106,7 +106,7 @@ class ShapesLayout:
     def __init__(self, path: str | None = None) -> None:
         self.path = Path(path) if path else default_weights()
         self._model: ScenePerception | None = None
-        self.metadata = {m["prompt"]: m for split in ("train", "eval") for m in load_metadata(split)}
+        self.metadata = metadata_by_prompt()
 
     @property
     def model(self) -> ScenePerception:

@@ -21,7 +21,7 @@ import torch
 from scipy.stats import mannwhitneyu
 
 from leapalign.eval.store import load_png
-from leapalign.worlds.shapes.prompts import load_metadata
+from leapalign.worlds.shapes.prompts import metadata_by_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def auc(scores: np.ndarray, accepted: np.ndarray) -> float:
 def score_folder(reward, folder: Path, batch: int = 64) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The reward's score, ShapesEval's verdict and the category of every image of an evaluation folder."""
     records = [json.loads(line) for line in (folder / "records.jsonl").read_text().splitlines() if line.strip()]
-    tags = {m["prompt"]: m["tag"] for split in ("train", "eval") for m in load_metadata(split)}
+    tags = {p: m["tag"] for p, m in metadata_by_prompt().items()}
     scores = []
     for i in range(0, len(records), batch):
         chunk = records[i : i + batch]

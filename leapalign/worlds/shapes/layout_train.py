@@ -18,6 +18,7 @@ the counts the reward reads (:func:`counts`), each of order one.
 
 from __future__ import annotations
 
+import abc
 import argparse
 import dataclasses
 import json
@@ -33,9 +34,9 @@ from torch import Tensor
 
 from leapalign.worlds.shapes.negatives import mismatch
 from leapalign.worlds.shapes.perception import CLASSES, PixelUNet, ScenePerception
-from leapalign.worlds.shapes.prompts import CATEGORIES, load_metadata
+from leapalign.worlds.shapes.prompts import CATEGORIES, by_category, load_metadata
 from leapalign.worlds.shapes.scenes import NEAR_MISS_SHAPES, SHAPES, SUPERSAMPLE, Scene, _mask, render, scene_for
-from leapalign.worlds.shapes.score_train import CORRUPTIONS, augment, corrupt, fit
+from leapalign.worlds.shapes.score_train import CORRUPTIONS, augment, corrupt, fit, set_cosine_lr
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ NEGATIVE_KINDS: tuple[str, ...] = ("color", "binding", "count", "relation", "sha
 
 
 def targets(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-pixel class ``(H, W)`` (index into :data:`~research.shapesworld.perception.CLASSES`), per-pixel area
+    """Per-pixel class ``(H, W)`` (index into :data:`~leapalign.worlds.shapes.perception.CLASSES`), per-pixel area
     ``(H, W)`` (pixels of the object the pixel belongs to; 0 on the background) and per-shape counts ``(3,)`` of
     a scene. A pixel belongs to the object (or the background) that covers most of it, the last drawn on top;
     off-palette objects keep their shape (the colour maps exclude them); an object that owns no pixel is not
@@ -101,7 +102,7 @@ def turned(scene: Scene, rng: np.random.Generator) -> Scene:
     return Scene(objects, scene.canvas)
 
 
-class PixelTrainer:
+class PixelTrainer(abc.ABC):
     """Supervised training of a :class:`~leapalign.worlds.shapes.perception.PixelUNet` on scenes of the training
     prompts: AdamW with a cosine learning rate; subclasses give ``batch_at(step)`` (a deterministic function of
     the seed and the step) and ``loss(*batch)``.
@@ -117,19 +118,20 @@ class PixelTrainer:
         self.seed, self.batch, self.lr = seed, batch, lr
         torch.manual_seed(seed)
         self.model = model_cls()
-        self.records = {c: [m for m in load_metadata("train") if m["tag"] == c] for c in CATEGORIES}
+        self.records = by_category(load_metadata("train"))
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=0.01)
 
+    @abc.abstractmethod
     def batch_at(self, step: int) -> tuple[Tensor, ...]:
-        raise NotImplementedError
+        """The tensors of step ``step``'s batch, a deterministic function of the seed and the step."""
 
+    @abc.abstractmethod
     def loss(self, *batch: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The scalar loss of one batch (as :meth:`batch_at` returns it)."""
 
     def step(self, step: int, total: int) -> float:
         """One optimiser step (learning rate on the cosine schedule over ``total`` steps); returns the loss."""
-        for g in self.opt.param_groups:
-            g["lr"] = self.lr * 0.5 * (1 + np.cos(np.pi * step / total))
+        set_cosine_lr(self.opt, self.lr, step, total)
         loss = self.loss(*self.batch_at(step))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 
 import torch
@@ -41,7 +42,7 @@ def conv_block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.GroupNorm(8, cout), nn.SiLU())
 
 
-class PixelUNet(WeightsDirectory, nn.Module):
+class PixelUNet(WeightsDirectory, nn.Module, abc.ABC):
     """A two-level U-Net from ``(B, 3, H, W)`` images in ``[0, 1]`` to ``num_outputs()`` maps ``(B, K, H, W)``.
 
     Its receptive field (about 40 px) spans the largest object, so a pixel's label is read from the whole object
@@ -63,9 +64,9 @@ class PixelUNet(WeightsDirectory, nn.Module):
         self.dec1 = nn.Sequential(conv_block(3 * w, w), conv_block(w, w))
         self.head = nn.Conv2d(w, self.num_outputs(), 1)
 
+    @abc.abstractmethod
     def num_outputs(self) -> int:
         """Channels of the head."""
-        raise NotImplementedError
 
     def maps(self, images: Tensor) -> Tensor:
         """The head's raw output ``(B, num_outputs, H, W)`` for images ``(B, 3, H, W)`` in ``[0, 1]``."""

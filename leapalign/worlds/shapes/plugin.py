@@ -27,7 +27,7 @@ from leapalign.models import MODELS, ModelConfig
 from leapalign.regularizers import REPLAY_SOURCES
 from leapalign.rewards import REWARDS
 from leapalign.rewards.base import RewardFn
-from leapalign.worlds.shapes.prompts import CATEGORIES, load_metadata
+from leapalign.worlds.shapes.prompts import CATEGORIES, by_category, load_metadata, metadata_by_prompt
 from leapalign.worlds.shapes.scenes import SHAPES
 
 
@@ -72,7 +72,6 @@ class ShapesReplay:
 
     def __init__(self, seed: int, batch_size: int, height: int = 32, width: int = 32) -> None:
         from leapalign.worlds.shapes.model import RESOLUTION
-        from leapalign.worlds.shapes.pretrain import _by_category
 
         if (height, width) != (RESOLUTION, RESOLUTION):
             raise ValueError(
@@ -80,7 +79,7 @@ class ShapesReplay:
                 f"{height}x{width}; set sampler.height=sampler.width={RESOLUTION}."
             )
         self.seed, self.batch_size = 10_000 + seed, batch_size
-        self.records = _by_category(load_metadata("train"))
+        self.records = by_category(load_metadata("train"))
 
     def batch(self, index: int) -> tuple[list[str], Tensor]:
         """Prompts and images ``(B, 3, 32, 32)`` in ``[0, 1]`` of draw ``index``."""
@@ -98,7 +97,7 @@ class ShapesEvalReward:
     differentiable = False
 
     def __init__(self) -> None:
-        self.metadata = {m["prompt"]: m for split in ("train", "eval") for m in load_metadata(split)}
+        self.metadata = metadata_by_prompt()
 
     def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         from leapalign.worlds.shapes.evaluator import evaluate

@@ -30,17 +30,10 @@ from tqdm.auto import tqdm
 
 from leapalign.flow import interpolate, velocity_target
 from leapalign.worlds.shapes.model import RESOLUTION, ShapesArch, shapes_adapter
-from leapalign.worlds.shapes.prompts import CATEGORIES, load_metadata
+from leapalign.worlds.shapes.prompts import CATEGORIES, by_category, load_metadata
 from leapalign.worlds.shapes.scenes import render, scene_for
 
 logger = logging.getLogger(__name__)
-
-
-def _by_category(records: list[dict]) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = {c: [] for c in CATEGORIES}
-    for r in records:
-        out[r["tag"]].append(r)
-    return out
 
 
 def make_batch(records: dict[str, list[dict]], seed: int, step: int, batch: int) -> tuple[list[str], Tensor]:
@@ -86,7 +79,7 @@ class Pretrainer:
         self.model = shapes_adapter(self.transformer, guidance_scale=1.0)  # conditional velocity for training
         self.ema = {k: v.detach().clone() for k, v in self.transformer.state_dict().items()}
         self.opt = torch.optim.AdamW(self.transformer.parameters(), lr=lr, weight_decay=0.01)
-        self.records = _by_category(load_metadata("train"))
+        self.records = by_category(load_metadata("train"))
         self.step = 0
         self.elapsed = 0.0
 

@@ -160,6 +160,19 @@ def load_metadata(split: str) -> list[dict]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
+def metadata_by_prompt() -> dict[str, dict]:
+    """The metadata of every shipped prompt, training and held-out, by its text."""
+    return {m["prompt"]: m for split in ("train", "eval") for m in load_metadata(split)}
+
+
+def by_category(records: list[dict]) -> dict[str, list[dict]]:
+    """``records`` grouped by their ``tag`` (every category a key, in :data:`CATEGORIES` order)."""
+    out: dict[str, list[dict]] = {c: [] for c in CATEGORIES}
+    for r in records:
+        out[r["tag"]].append(r)
+    return out
+
+
 def write_prompt_files(directory: Path | None = None) -> tuple[Path, Path]:
     """Writes ``train_prompts.jsonl`` and ``eval_prompts.jsonl`` (one GenEval-style record a line)."""
     directory = directory or prompts_dir()

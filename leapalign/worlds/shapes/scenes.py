@@ -21,26 +21,16 @@ COLORS: dict[str, tuple[float, float, float]] = {  # six saturated, well-separat
     "blue": (0.15, 0.25, 0.95),
     "magenta": (0.90, 0.10, 0.90),
 }
-# Off-palette colours and an invalid shape, used only to draw *wrong* images (hard negatives for ShapesScore):
-# ShapesEval counts none of them as an object.
-NUISANCE_COLORS: dict[str, tuple[float, float, float]] = {"white": (0.95, 0.95, 0.95), "grey": (0.5, 0.5, 0.5)}
-NUISANCE_SHAPES: tuple[str, ...] = (
-    "ellipse",
-    "trapezoid",
-    "teardrop",
-    "squircle",
-    "pentagon",
-    "hexagon",
-    "oval",
-    "lumpy_circle",
-    "lumpy_square",
-)
-# Hybrids of two valid shapes (a square tapering to a triangle, a disc drawn out to a point): what a generator
-# fine-tuned on a learned reward draws for "a square and a triangle" to please both words at once.
-HYBRID_SHAPES: tuple[str, ...] = ("trapezoid", "teardrop")
 # Near misses: shapes a blurry generator draws for a valid one (a rounded square, a polygon for a circle, an oval).
 NEAR_MISS_SHAPES: tuple[str, ...] = ("squircle", "pentagon", "hexagon", "oval", "lumpy_circle", "lumpy_square")
 LUMPINESS = 0.08  # relative amplitude of the lumpy near misses' outline
+# Off-palette colours and invalid shapes, used only to draw *wrong* images (hard negatives for ShapesScore):
+# ShapesEval counts none of them as an object.
+NUISANCE_COLORS: dict[str, tuple[float, float, float]] = {"white": (0.95, 0.95, 0.95), "grey": (0.5, 0.5, 0.5)}
+NUISANCE_SHAPES: tuple[str, ...] = ("ellipse", "trapezoid", "teardrop", *NEAR_MISS_SHAPES)
+# Hybrids of two valid shapes (a square tapering to a triangle, a disc drawn out to a point): what a generator
+# fine-tuned on a learned reward draws for "a square and a triangle" to please both words at once.
+HYBRID_SHAPES: tuple[str, ...] = ("trapezoid", "teardrop")
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 CANVAS = 32
 SUPERSAMPLE = 4

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from leapalign.worlds.shapes.evaluator import Detection, check
 from leapalign.worlds.shapes.negatives import KINDS, mismatch
-from leapalign.worlds.shapes.prompts import CATEGORIES, load_metadata
+from leapalign.worlds.shapes.prompts import CATEGORIES, by_category, load_metadata
 from leapalign.worlds.shapes.scenes import (
     COLORS,
     HYBRID_SHAPES,
@@ -178,7 +178,7 @@ class ScoreTrainer:
         self.model = self.build_model()
         self.encoder = MiniLMEncoder()
         self.reward = ShapesScore(encoder=self.encoder)  # used for its token cache
-        self.records = {c: [m for m in load_metadata("train") if m["tag"] == c] for c in CATEGORIES}
+        self.records = by_category(load_metadata("train"))
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.01)
 
@@ -252,12 +252,17 @@ class ScoreTrainer:
     def step(self, step: int, total: int) -> float:
         """One optimiser step (cosine learning-rate decay over ``total`` steps); returns the loss."""
         loss = self.loss(step)
-        for g in self.opt.param_groups:
-            g["lr"] = self.lr * 0.5 * (1 + np.cos(np.pi * step / total))
+        set_cosine_lr(self.opt, self.lr, step, total)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         return loss.item()
+
+
+def set_cosine_lr(opt: torch.optim.Optimizer, peak: float, step: int, total: int) -> None:
+    """Sets every parameter group's learning rate to ``peak`` decayed on a cosine from step 0 to ``total``."""
+    for g in opt.param_groups:
+        g["lr"] = peak * 0.5 * (1 + np.cos(np.pi * step / total))
 
 
 def fit(step: Callable[[int, int], float], steps: int, desc: str) -> tuple[float, float]:
