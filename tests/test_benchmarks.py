@@ -116,4 +116,4 @@ def test_one_cell_end_to_end_then_resume_skips_it(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     text = doc.read_text()
     assert "| leapalign | 1 |" in text and "**Equal wall-clock.**" in text and "| alpha_0.3 | 1 |" in text
-    assert (tmp_path / "assets" / "methods_categories.png").is_file()
+    assert (tmp_path / "assets" / "score_categories.png").is_file()

@@ -126,3 +126,30 @@ def test_layout_claims_test_leapalign_against_each_rival_per_category() -> None:
     assert by_claim["leapalign beats refl on counting"]["verdict"] == "no significant difference"
     assert by_claim["leapalign beats drtune on position"]["verdict"] == "too few seeds"
     assert result["methods"]["leapalign"]["seeds"] == 3 and "| base | – |" in markdown(result)
+
+
+def test_report_states_the_layout_claims_with_p_values_and_changes_against_the_base(tmp_path: Path) -> None:
+    from benchmarks.report_claims import layout_claims
+    from benchmarks.report_study import Study
+
+    keys = ("overall", "single_object", "two_object", "counting", "colors", "color_attr")
+
+    def cell(variant: str, seed: int | None, position: float, train_sec: float = 100.0) -> dict:
+        curve = [{"step": 200, "train_sec": train_sec, "shapes_eval_overall": 0.5 + position, "shapes_layout": 0.6}]
+        evals = {**{k: 0.5 for k in keys}, "position": position}
+        return {"variant": variant, "seed": seed, "shapes_layout": 0.6, "shapes_eval": evals, "curve": curve,
+                "train_sec": train_sec}  # fmt: skip
+
+    records = [cell("base", None, 0.05, 0.0)]
+    records += [cell("leapalign", s, 0.30 + 0.01 * s, 120.0) for s in range(3)]
+    records += [cell("refl", s, 0.10 + 0.01 * s) for s in range(3)]
+    (tmp_path / "methods.json").write_text(json.dumps(records))
+    study = Study("layout", "Layout study", tmp_path, tmp_path / "protocol_layout.yaml", "shapes_layout", "L")
+    lines = layout_claims(study)
+    position = next(line for line in lines if "position more than ReFL" in line)
+    assert "leapalign higher than refl" in position and "Welch p = 0.000" in position and "3 and 3 seeds" in position
+    assert any("more than DRTune" in line and "not yet run" in line for line in lines)
+    gain = next(line for line in lines if line.startswith("- *leapalign improves on the base model*"))
+    assert "position 0.260 ± 0.025" in gain and "excludes 0 upward for position" in gain
+    assert any("equal wall-clock (100 s" in line and "leapalign higher than refl" in line for line in lines)
+    assert "not yet run" in lines[-1] and "--suite ablations" in lines[-1]
