@@ -1,7 +1,8 @@
 """One benchmark cell, run in its own process by :mod:`benchmarks.sweep`: train, evaluate, write a record.
 
 Training is ``leapalign.trainer.train`` on the cell's config with a checkpoint every
-``evaluation.curve_every`` steps (``run.resume=true``, so a killed cell continues from its last checkpoint).
+``evaluation.curve_every`` steps (``run.resume=true run.resume_or_start=true``, so a killed cell continues from its
+last checkpoint).
 The EMA weights of every checkpoint are then evaluated on the held-out prompts with fixed seeds: the first
 ``curve_images_per_prompt`` images of every prompt for the curve, all ``images_per_prompt`` at the end. The
 final record goes to ``<run_dir>/record.json``; the parent appends it to the suite's results file.
@@ -113,6 +114,7 @@ class CellRunner:
         self.ev = protocol.evaluation
         bookkeeping = [
             "run.resume=true",
+            "run.resume_or_start=true",
             f"run.checkpoint_every={self.ev.curve_every}",
             "run.keep_checkpoints=100000",
         ]

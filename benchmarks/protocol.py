@@ -26,6 +26,11 @@ SHORTHANDS = ("method", "model", "reward")
 VOLATILE_RUN_KEYS = (
     "output_dir",
     "resume",
+    "resume_or_start",
+    "dist_timeout_s",
+    "trackers",
+    "tracker_project",
+    "tracker_kwargs",
     "overwrite",
     "log_every",
     "checkpoint_every",

@@ -21,17 +21,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from leapalign.config_checks import ConfigError, validate
 from leapalign.eval.config import EvalConfig, EvaluatorConfig
 from leapalign.methods import METHODS, method_config_class
 from leapalign.models.config import ModelConfig
 from leapalign.registry import RegistryError, load_plugins
 from leapalign.rewards.base import RewardConfig, RewardTermConfig
-
-PRECISIONS = ("no", "bf16", "fp16")
-
-
-class ConfigError(ValueError):
-    """Invalid configuration: the message names the key and the allowed values."""
 
 
 @dataclass
@@ -41,25 +36,45 @@ class RunConfig:
     Attributes:
         output_dir: Run directory (metrics.jsonl, config.yaml, checkpoints/, export/).
         seed: Global seed; rank r draws its noise and prompts from ``seed + r``.
-        resume: Continue from the latest complete checkpoint in ``output_dir/checkpoints``.
+        resume: Continue from the latest complete checkpoint in ``output_dir/checkpoints`` (the CLI's
+            ``--resume``). Nothing to resume from is an error, unless ``resume_or_start``. Only the keys of
+            :data:`leapalign.run_dir.MUTABLE_ON_RESUME` may differ from the saved config.
+        resume_or_start: With ``resume``, start a new run when there is no checkpoint (``--resume-or-start``).
         overwrite: Delete the outputs of an earlier run in ``output_dir`` first (without it, and without
             ``resume``, an existing run there is an error: runs are never mixed silently).
         log_every: Optimiser steps between log lines.
         checkpoint_every: Optimiser steps between checkpoints (0: only at the end).
         keep_checkpoints: How many recent checkpoints to keep.
-        tensorboard: Also write TensorBoard event files to ``output_dir/tensorboard``.
+        trackers: accelerate's experiment trackers to log scalars and sample grids to, besides ``metrics.jsonl``
+            (always written): ``tensorboard`` (events in ``output_dir/tensorboard/<tracker_project>/``),
+            ``wandb``, ``comet_ml``, ``mlflow``, ``aim``, ``clearml``, ``dvclive``, ``swanlab``, ``trackio``; ``[]``
+            for none. A tracker whose package is missing is an error before training starts
+            (:mod:`leapalign.tracking`).
+        tracker_project: The project name given to the trackers (wandb's project, TensorBoard's subfolder).
+        tracker_kwargs: Keyword arguments per tracker for its start, e.g. ``{wandb: {entity: me, tags: [a]}}``
+            (``wandb.init``; its ``name`` and ``dir`` default to the run directory's name and the run directory) or
+            ``{tensorboard: {flush_secs: 30}}`` (``SummaryWriter``).
+        tensorboard: TensorBoard on or off; it wins over ``trackers`` for TensorBoard: ``true`` adds it, ``false``
+            removes it, ``null`` (the default) leaves ``trackers`` as it is.
         export: Write a diffusers-loadable export (EMA weights) to ``output_dir/export`` at the end.
+        dist_timeout_s: Seconds a collective may wait for the other processes before the job ends with an error
+            (a stalled rank). It must cover the longest main-process-only work: evaluation, checkpointing.
     """
 
     output_dir: str = "runs/default"
     seed: int = 0
     resume: bool = False
+    resume_or_start: bool = False
     overwrite: bool = False
     log_every: int = 1
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
-    tensorboard: bool = True
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    tracker_project: str = "leapalign"
+    tracker_kwargs: dict[str, Any] = field(default_factory=dict)
+    tensorboard: bool | None = None
     export: bool = True
+    dist_timeout_s: int = 1800
 
 
 @dataclass
@@ -83,7 +98,8 @@ class DataConfig:
 
     Attributes:
         prompts: A prompt set (see :mod:`leapalign.data.prompts`): a registered name (``builtin:tiny``, those of
-            plugins), a ``.txt`` / ``.jsonl`` / ``.json`` file, or an import path.
+            plugins), a prompt file (read by content: a JSON list, JSON lines, a ``.csv`` / ``.tsv`` with a
+            ``prompt`` column, or plain text one prompt a line), or an import path.
         balance_by: Give every value of this metadata key (e.g. GenEval's ``tag``) equal weight when sampling;
             ``None``: every prompt equal weight.
         batch_size: Prompts per process per micro-batch.
@@ -144,68 +160,6 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     method: Any = field(default_factory=lambda: {"name": "leapalign"})
-
-
-def _validate_ranges(cfg: ExperimentConfig) -> None:
-    checks = [
-        (cfg.sampler.num_steps >= 1, "sampler.num_steps", "an integer >= 1"),
-        (
-            cfg.sampler.height > 0 and cfg.sampler.width > 0,
-            "sampler.height/sampler.width",
-            "positive integers",
-        ),
-        (cfg.data.batch_size >= 1, "data.batch_size", "an integer >= 1"),
-        (cfg.train.max_steps >= 1, "train.max_steps", "an integer >= 1"),
-        (cfg.train.lr > 0, "train.lr", "a positive number"),
-        (cfg.train.weight_decay >= 0, "train.weight_decay", "a number >= 0"),
-        (
-            len(cfg.train.betas) == 2 and all(0 <= b < 1 for b in cfg.train.betas),
-            "train.betas",
-            "two numbers in [0, 1)",
-        ),
-        (cfg.train.grad_clip >= 0, "train.grad_clip", "a number >= 0 (0 disables clipping)"),
-        (cfg.train.grad_accum >= 1, "train.grad_accum", "an integer >= 1"),
-        (cfg.train.mixed_precision in PRECISIONS, "train.mixed_precision", "one of " + ", ".join(PRECISIONS)),
-        (0 <= cfg.train.ema_decay < 1, "train.ema_decay", "a number in [0, 1) (0 disables EMA)"),
-        (cfg.train.replay_weight >= 0, "train.replay_weight", "a number >= 0 (0 disables replay)"),
-        (cfg.train.replay_batch_size >= 0, "train.replay_batch_size", "an integer >= 0 (0: data.batch_size)"),
-        (
-            cfg.train.replay_weight == 0 or bool(cfg.train.replay_source),
-            "train.replay_source",
-            "a folder of captioned images, a .jsonl list or a registered source when train.replay_weight > 0",
-        ),
-        (cfg.train.max_nan_steps >= 1, "train.max_nan_steps", "an integer >= 1"),
-        (cfg.run.log_every >= 1, "run.log_every", "an integer >= 1"),
-        (cfg.run.checkpoint_every >= 0, "run.checkpoint_every", "an integer >= 0"),
-        (cfg.run.keep_checkpoints >= 1, "run.keep_checkpoints", "an integer >= 1"),
-    ]
-    group = getattr(cfg.method, "group_size", None)
-    if group is not None:  # the policy-gradient methods
-        checks += [
-            (
-                cfg.data.batch_size % group == 0,
-                "data.batch_size",
-                f"a multiple of method.group_size={group} (a micro-batch holds whole groups)",
-            ),
-            (
-                cfg.train.grad_accum == 1,
-                "train.grad_accum",
-                "1 for a policy-gradient method (use method.group_size, data.batch_size and method.updates_per_epoch)",
-            ),
-            (cfg.train.replay_weight == 0, "train.replay_weight", "0 for a policy-gradient method"),
-        ]
-        window = getattr(cfg.method, "window_size", None)
-        if window is not None and (cfg.method.name == "mix-grpo" or getattr(cfg.method, "fast", False)):
-            checks.append(
-                (
-                    window <= cfg.sampler.num_steps,
-                    "method.window_size",
-                    f"at most sampler.num_steps={cfg.sampler.num_steps}",
-                )
-            )
-    for ok, key, allowed in checks:
-        if not ok:
-            raise ConfigError(f"invalid value for {key}: it must be {allowed}.")
 
 
 def config_dir() -> Path:
@@ -311,19 +265,8 @@ def load_config(config: str | None = None, overrides: Sequence[str] = ()) -> Exp
         raise ConfigError(_explain(err, prefix="method.")) from err
     except ValueError as err:
         raise ConfigError(str(err)) from err
-    _validate_ranges(cfg)
-    _validate_names(cfg)
+    validate(cfg)
     return cfg
-
-
-def _validate_names(cfg: ExperimentConfig) -> None:
-    """Every reward named by the config is registered or an import path (checked before anything is built)."""
-    from leapalign.rewards import REWARDS
-
-    for key, terms in (("reward.terms", cfg.reward.terms), ("evaluation.rewards", cfg.evaluation.rewards)):
-        for i, term in enumerate(terms):
-            if not REWARDS.is_known(term.name):
-                raise ConfigError(REWARDS.unknown(term.name).replace(REWARDS.key, f"{key}.{i}.name", 1) + ".")
 
 
 def _check_index(cfg: DictConfig, key: str) -> None:

@@ -1,13 +1,17 @@
-"""Metric logging: ``metrics.jsonl`` (always) and TensorBoard (optional), on the main process only; peak memory;
-the training-reward curve."""
+"""Metric records: ``metrics.jsonl`` (one JSON object per logged step, written on the main process only), its
+truncation on resume, peak memory and the training-reward curve. Logging to experiment trackers (TensorBoard,
+wandb, ...) goes through :class:`leapalign.tracking.RunLogger`, which writes ``metrics.jsonl`` with
+:func:`append_record`."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
+import os
 import resource
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,44 +19,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-
-class MetricLogger:
-    """Appends one JSON object per logged step to ``<run_dir>/metrics.jsonl`` and mirrors it to TensorBoard.
-
-    Args:
-        run_dir: Run directory.
-        tensorboard: Also write event files to ``<run_dir>/tensorboard`` (skipped with a warning when the
-            ``tensorboard`` package is missing).
-        enabled: ``False`` on non-main processes: every call is a no-op.
-    """
-
-    def __init__(self, run_dir: Path, tensorboard: bool = True, enabled: bool = True) -> None:
-        self.enabled = enabled
-        self.path = run_dir / "metrics.jsonl"
-        self._writer = None
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-            except ImportError:
-                logger.warning("tensorboard is not installed; logging to metrics.jsonl only.")
-
-    def log(self, step: int, metrics: dict[str, Any]) -> None:
-        """Writes ``{"step": step, **metrics}`` (non-finite floats become ``null``)."""
-        if not self.enabled:
-            return
-        record = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
-        if self._writer is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self._writer.add_scalar(key, value, step)
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+METRICS_FILE = "metrics.jsonl"
 
 
 def _clean(value: Any) -> Any:
@@ -61,6 +28,63 @@ def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def append_record(path: Path, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Appends ``{"step": step, **metrics}`` to the ``metrics.jsonl`` file ``path`` and returns the record.
+
+    One-element tensors become numbers; non-finite floats become ``null``.
+    """
+    record = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
+    with Path(path).open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+    return record
+
+
+def scalars(record: dict[str, Any]) -> dict[str, int | float]:
+    """The numeric values of a record (not ``step``, booleans, ``null`` or strings): what trackers plot."""
+    return {
+        k: v
+        for k, v in record.items()
+        if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
+
+
+def truncate_metrics(path: Path, step: int) -> int:
+    """Keeps the records of ``metrics.jsonl`` up to ``step`` and drops the later ones, atomically.
+
+    A run that resumes from the checkpoint of step ``step`` logs the later steps again; their records from the
+    attempt that stopped after that checkpoint must go, so that each step is held once. The file is rewritten
+    to a temporary file in the same folder and moved over the original, so a crash leaves the old file or the
+    new one, never a partial one. A missing file is left missing.
+
+    Args:
+        path: The ``metrics.jsonl`` file.
+        step: The last step to keep (``-1`` drops every record).
+
+    Returns:
+        How many records were dropped.
+    """
+    path = Path(path)
+    if not path.exists():
+        return 0
+    with path.open(encoding="utf-8") as fh:
+        lines = [line for line in fh if line.strip()]
+    kept = [line if line.endswith("\n") else line + "\n" for line in lines if json.loads(line)["step"] <= step]
+    dropped = len(lines) - len(kept)
+    if dropped:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.writelines(kept)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        logger.info("%s: dropped %d record(s) after step %d (logged again on resume)", path, dropped, step)
+    return dropped
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

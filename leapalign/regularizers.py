@@ -32,7 +32,7 @@ from torch import Tensor
 
 from leapalign.flow import interpolate, velocity_target
 from leapalign.models.base import FlowModel
-from leapalign.registry import Registry, looks_like_import_path
+from leapalign.registry import REPLAY_SOURCES, looks_like_import_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -47,8 +47,6 @@ class ReplaySource(Protocol):
 
 
 ReplayBuilder = Callable[[int, int, int, int], ReplaySource]
-REPLAY_SOURCES: Registry[ReplayBuilder] = Registry("replay source", "train.replay_source")
-"""Registered replay sources: ``builder(seed, batch_size, height, width) -> ReplaySource``."""
 
 
 def _captioned_files(path: Path) -> list[tuple[Path, str]]:

@@ -11,9 +11,9 @@ counted in optimiser steps; the effective batch is ``batch_size * grad_accum * w
 
 from __future__ import annotations
 
+import datetime
 import logging
 import math
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -23,27 +23,30 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from accelerate.utils import DistributedType, InitProcessGroupKwargs
 from tqdm.auto import tqdm
 
 from leapalign import checkpoint as ckpt
+from leapalign import run_dir as rundir
+from leapalign import train_state
 from leapalign.batches import generators, make_batch
 from leapalign.config import ExperimentConfig, save_config
 from leapalign.data import PromptSampler, load_prompts
 from leapalign.ema import EMA
 from leapalign.eval.training import TrainingEvaluation
 from leapalign.methods import build_method, check_differentiable, is_policy_gradient
-from leapalign.metrics import MetricLogger, peak_memory_mb, plot_reward_curve
+from leapalign.metrics import peak_memory_mb, plot_reward_curve
 from leapalign.models import build_model
 from leapalign.models.base import check_resolution
 from leapalign.policy_updates import policy_gradient_step
+from leapalign.preflight import check_inputs
 from leapalign.regularizers import build_replay, flow_matching_loss
 from leapalign.rewards import build_reward
+from leapalign.stop import GracefulStop, TrainingStopped
+from leapalign.tracking import RunLogger, accelerator_kwargs
+from leapalign.train_state import NonFiniteLossError
 
 logger = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(RuntimeError):
-    """Raised after ``train.max_nan_steps`` consecutive steps with a non-finite loss or reward."""
 
 
 @dataclass
@@ -67,12 +70,23 @@ class Trainer:
             # with different train.mixed_precision can follow each other in one process (benchmarks, tests).
             AcceleratorState._reset_state(reset_partial_state=False)
         # cpu=True without CUDA makes accelerate use gloo when launched with several processes.
+        timeout = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=cfg.run.dist_timeout_s))
         self.accelerator = accelerator or Accelerator(
-            mixed_precision=cfg.train.mixed_precision, cpu=not torch.cuda.is_available()
+            mixed_precision=cfg.train.mixed_precision,
+            cpu=not torch.cuda.is_available(),
+            kwargs_handlers=[timeout],
+            **accelerator_kwargs(cfg.run),
         )
         acc = self.accelerator
         self.run_dir = Path(cfg.run.output_dir)
         # Validate everything cheap before building the model, so bad input fails fast and writes nothing.
+        check_inputs(cfg)
+        if acc.distributed_type == DistributedType.FSDP and (cfg.evaluation.enabled or cfg.run.export):
+            raise ValueError(
+                "evaluation during training and the export run on the main process only, which FSDP's sharded "
+                "weights do not support yet: set evaluation.enabled=false run.export=false, and evaluate the "
+                "checkpoint afterwards with `leapalign eval --run <output_dir>` (checkpoints hold the full weights)."
+            )
         self.prompts = load_prompts(cfg.data.prompts, balance_by=cfg.data.balance_by)
         self.reward = build_reward(cfg.reward)
         self.method = build_method(cfg.method)
@@ -98,13 +112,16 @@ class Trainer:
         self.model = build_model(cfg.model, device=acc.device)
         check_resolution(self.model, cfg.sampler.height, cfg.sampler.width)
         self.transformer = self.model.transformer
-        self.params = ckpt.named_trainable(self.transformer)
-        if not self.params:
+        trainable = ckpt.named_trainable(self.transformer)
+        if not trainable:
             raise ValueError("the model has no trainable parameter; check model.finetune and model.lora_targets.")
         self.optimizer = torch.optim.AdamW(
-            list(self.params.values()), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay
+            list(trainable.values()), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay
         )
         self.model.transformer, self.optimizer = acc.prepare(self.transformer, self.optimizer)
+        # prepare may wrap (DDP, FSDP1) or replace and shard (FSDP2) the parameters: everything that reads them
+        # (EMA, checkpoints, non-finite checks, gradient clipping) uses them as prepared, this rank's shards under FSDP.
+        self.params = ckpt.named_trainable(acc.unwrap_model(self.model.transformer))
         if is_policy_gradient(self.method):
             self.method.prepare(self.model)  # the KL reference, from the initial weights (before any resume)
         self.ema = EMA(self.params, t.ema_decay) if t.ema_decay > 0 else None
@@ -116,47 +133,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path | None:
-        acc = self.accelerator
-        tmp = ckpt.checkpoint_dir(self.run_dir, self.step).with_suffix(".tmp")
-        if acc.is_main_process:
-            ckpt.begin(self.run_dir, self.step)
-        acc.wait_for_everyone()
-        ckpt.generators_to_file(self.gens, tmp / f"rng_rank{acc.process_index}.safetensors")
-        acc.wait_for_everyone()
-        final = None
-        if acc.is_main_process:
-            ckpt.tensors_to_file(self.params, tmp / "trainable.safetensors")
-            if self.ema is not None:
-                ckpt.tensors_to_file(self.ema.named(), tmp / "ema.safetensors")
-            ckpt.optimizer_to_files(self.optimizer, tmp)
-            state = {"step": self.step, "nan_streak": self.nan_streak, "world_size": acc.num_processes}
-            if self.reward.state_dict():  # running reward normalisation (reward.normalize=running)
-                state["reward_state"] = self.reward.state_dict()
-            if getattr(self.method, "state_dict", None) and self.method.state_dict():
-                state["method_state"] = self.method.state_dict()
-            final = ckpt.commit(tmp, state, self.cfg.run.keep_checkpoints)
-            logger.info("saved checkpoint %s", final)
-        acc.wait_for_everyone()
-        return final
+        """Writes a checkpoint of the current step (see :func:`leapalign.train_state.save`)."""
+        return train_state.save(self)
 
-    def load_checkpoint(self, directory: Path) -> None:
-        state = ckpt.read_state(directory)
-        if state.get("world_size", 1) != self.accelerator.num_processes:
-            raise ValueError(
-                f"{directory} was written by {state.get('world_size')} process(es) but this run has "
-                f"{self.accelerator.num_processes}; resume with the same number of processes."
-            )
-        ckpt.load_into(self.params, directory / "trainable.safetensors")
-        if self.ema is not None:
-            ckpt.load_into(self.ema.named(), directory / "ema.safetensors")
-        ckpt.optimizer_from_files(self.optimizer, directory)
-        ckpt.generators_from_file(self.gens, directory / f"rng_rank{self.accelerator.process_index}.safetensors")
-        self.step, self.nan_streak = int(state["step"]), int(state["nan_streak"])
-        if "reward_state" in state:
-            self.reward.load_state_dict(state["reward_state"])
-        if "method_state" in state:
-            self.method.load_state_dict(state["method_state"])
-        logger.info("resumed from %s at step %d", directory, self.step)
+    def resume(self) -> Path | None:
+        """Loads the newest checkpoint that verifies (see :func:`leapalign.train_state.resume`)."""
+        return train_state.resume(self)
 
     # ------------------------------------------------------------------ one optimiser step
     def _replay_loss(self, micro: int) -> torch.Tensor:
@@ -223,25 +205,35 @@ class Trainer:
         return self._finish_step(metrics, start)
 
     def apply_update(self, ok: bool) -> dict[str, float]:
-        """Clips and applies the accumulated gradients (skipped, and counted, when ``ok`` is false), updates the
-        EMA and clears the gradients; returns ``grad_norm`` and ``skipped``."""
+        """Clips and applies the accumulated gradients, updates the EMA and clears the gradients; returns
+        ``grad_norm`` and ``skipped``.
+
+        The update is skipped, and counted towards ``train.max_nan_steps``, when ``ok`` is false (a non-finite
+        loss or reward) or the gradient norm (after unscaling, over all ranks) is not finite. Under fp16 the
+        GradScaler still sees an overflowing step (it skips it and lowers its scale), and such a step is counted
+        as skipped but not towards the limit: overflow is how the scaler finds its scale.
+        """
         t, out = self.cfg.train, {}
+        norm = math.nan
         if ok:
-            norm = self.accelerator.clip_grad_norm_(
-                list(self.params.values()), t.grad_clip if t.grad_clip > 0 else math.inf
-            )
-            out["grad_norm"] = float(norm)
+            max_norm = t.grad_clip if t.grad_clip > 0 else math.inf
+            # all the module's parameters (frozen ones have no gradient): FSDP1 clips by the global norm only then
+            norm = float(self.accelerator.clip_grad_norm_(self.model.transformer.parameters(), max_norm))
+            out["grad_norm"] = norm
+        if ok and math.isfinite(norm):
             self.optimizer.step()
             if self.ema is not None:
                 self.ema.update()
             self.nan_streak = 0
+        elif ok and self.accelerator.scaler is not None:
+            self.optimizer.step()  # the scaler skips it and lowers the scale
+            logger.info("step %d: fp16 gradient overflow, update skipped by the GradScaler", self.step + 1)
         else:
             self.nan_streak += 1
-            logger.warning(
-                "step %d: non-finite loss or reward, update skipped (%d in a row)", self.step + 1, self.nan_streak
-            )
+            what = "gradient" if ok else "loss or reward"
+            logger.warning("step %d: non-finite %s, update skipped (%d in a row)", self.step + 1, what, self.nan_streak)
         self.optimizer.zero_grad(set_to_none=True)
-        out["skipped"] = float(not ok)
+        out["skipped"] = float(not (ok and math.isfinite(norm)))
         return out
 
     def _finish_step(self, metrics: dict[str, Any], start: float) -> dict[str, Any]:
@@ -251,25 +243,50 @@ class Trainer:
         self.step += 1
         if self.nan_streak >= t.max_nan_steps:
             raise NonFiniteLossError(
-                f"{self.nan_streak} consecutive steps had a non-finite loss or reward (last at step {self.step}); "
+                f"{self.nan_streak} consecutive steps had a non-finite loss, reward or gradient (last at step "
+                f"{self.step}); "
                 f"training stopped. Check the reward on these prompts, lower train.lr, or raise train.max_nan_steps."
             )
         return metrics
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> TrainResult:
-        acc, cfg = self.accelerator, self.cfg
+        """Runs the loop to ``train.max_steps`` under the run directory's lock, stopping gracefully on a signal."""
+        acc = self.accelerator
+        lock = rundir.RunLock(self.run_dir) if acc.is_main_process else None
         if acc.is_main_process:
-            self._claim_run_dir()
+            rundir.claim(self.run_dir, self.cfg.run.resume, self.cfg.run.overwrite)
+            lock.acquire()
+        try:
+            self._start()
+            with GracefulStop() as stop:
+                return self._loop(stop)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _start(self) -> None:
+        """Resumes (refusing a config that changes the run) or starts; then writes ``config.yaml`` atomically."""
+        acc, cfg = self.accelerator, self.cfg
+        changes = rundir.resume_changes(self.run_dir, cfg) if cfg.run.resume else {}
+        loaded = self.resume() if cfg.run.resume else None
+        if acc.is_main_process:
             save_config(cfg, self.run_dir / "config.yaml")
+            if loaded is not None:
+                rundir.record_resume(self.run_dir, self.step, loaded, changes)
         acc.wait_for_everyone()
-        if cfg.run.resume:
-            latest = ckpt.latest_checkpoint(self.run_dir)
-            if latest is None:
-                logger.warning("run.resume is set but %s has no checkpoint: starting from step 0", self.run_dir)
-            else:
-                self.load_checkpoint(latest)
-        log = MetricLogger(self.run_dir, cfg.run.tensorboard, enabled=acc.is_main_process)
+
+    def _stop_requested(self, stop: GracefulStop) -> bool:
+        """Whether any rank received a stop signal (every rank stops after the same step)."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return stop.requested
+        flag = torch.tensor(float(stop.signal or 0), device=acc.device)
+        return bool(acc.reduce(flag, reduction="sum").item() > 0)
+
+    def _loop(self, stop: GracefulStop) -> TrainResult:
+        acc, cfg = self.accelerator, self.cfg
+        log = RunLogger(self.run_dir, acc, cfg, resume_step=self.step if cfg.run.resume else None)
         before = self.evaluate("before", log) if self.evaluation is not None and self.step == 0 else None
         world, t = acc.num_processes, cfg.train
         logger.info(
@@ -291,6 +308,8 @@ class Trainer:
                     log.log(self.step, metrics)
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics['reward_mean']:.4f}", loss=f"{metrics['loss']:.4f}")
+                if self._stop_requested(stop):
+                    raise TrainingStopped(stop.signal or 15, self.step, self.save_checkpoint())
                 every = cfg.run.checkpoint_every
                 if every and self.step % every == 0 and self.step < t.max_steps:
                     self.save_checkpoint()
@@ -309,42 +328,7 @@ class Trainer:
             log.close()
         return TrainResult(self.step, self.run_dir, metrics, before, after)
 
-    RUN_OUTPUTS = (
-        "metrics.jsonl",
-        "checkpoints",
-        "tensorboard",
-        "export",
-        "eval",
-        "eval_before.json",
-        "eval_after.json",
-        "samples_before.png",
-        "samples_after.png",
-        "reward_curve.png",
-        "curve.json",
-        "proxy_gold.png",
-        "config.yaml",
-    )
-
-    def _claim_run_dir(self) -> None:
-        """Creates the run directory; refuses to mix a fresh run into an earlier one unless told to."""
-        run = self.run_dir
-        earlier = (run / "metrics.jsonl").exists() or (run / "checkpoints").exists()
-        if earlier and not self.cfg.run.resume:
-            if not self.cfg.run.overwrite:
-                raise ValueError(
-                    f"run.output_dir={str(run)!r} already holds a run. Continue it with --resume "
-                    f"(run.resume=true), replace it with run.overwrite=true, or choose another run.output_dir."
-                )
-            for name in self.RUN_OUTPUTS:
-                path = run / name
-                if path.is_dir():
-                    shutil.rmtree(path)
-                elif path.exists():
-                    path.unlink()
-            logger.info("run.overwrite: removed the earlier run in %s", run)
-        run.mkdir(parents=True, exist_ok=True)
-
-    def evaluate(self, tag: str, log: MetricLogger, use_ema: bool = False) -> dict[str, Any] | None:
+    def evaluate(self, tag: str, log: RunLogger, use_ema: bool = False) -> dict[str, Any] | None:
         """Evaluates on the main process (unwrapped model, EMA weights if asked and EMA is on) into
         ``<run>/eval/<tag>``, logs its scalars at the current step, and returns ``eval.json``."""
         acc, result = self.accelerator, None
@@ -364,6 +348,9 @@ class Trainer:
                     self.ema.swap()
                 self.model.transformer = wrapped
             log.log(self.step, self.evaluation.scalars(result))
+            grid = self.run_dir / "eval" / tag / "samples.png"
+            if grid.is_file():
+                log.log_images(self.step, "eval/samples", grid, caption=f"{tag}: {weights} weights, step {self.step}")
         acc.wait_for_everyone()
         return result
 

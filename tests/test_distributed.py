@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,9 @@ def _launch(run: Path, *extra: str, config: str = "tiny/leapalign") -> subproces
         "run.export=false",
         *extra,
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # tests/ on the path: the stalled-rank test names a reward of tests/_rewards.py by import path
+    pythonpath = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
 
 
@@ -68,3 +71,12 @@ def test_two_process_policy_gradient_run_keeps_groups_whole_and_resumes(tmp_path
     proc = _launch(run, "train.max_steps=3", "run.resume=true", *extra, config="tiny/dance-grpo")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_a_stalled_rank_ends_the_job_with_an_error_within_the_timeout(tmp_path: Path) -> None:
+    stall = "reward.terms=[{name: '_rewards:StallOnRank', args: {rank: 1, at: 2, seconds: 400}}]"
+    start = time.monotonic()
+    proc = _launch(tmp_path / "stall", "train.max_steps=3", "run.dist_timeout_s=20", stall)
+    elapsed = time.monotonic() - start
+    assert proc.returncode != 0 and elapsed < 250, (elapsed, proc.stderr[-2000:])
+    assert "timed out" in proc.stderr.lower() or "timeout" in proc.stderr.lower(), proc.stderr[-3000:]

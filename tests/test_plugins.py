@@ -54,8 +54,8 @@ def test_a_toy_world_trains_with_evaluation_every_step(tmp_path: Path, capsys) -
     assert [r["step"] for r in logged] == [0, 1, 2]
     assert all({"eval/brightness.ci95_low", "eval/toy_color.overall"} <= set(r) for r in logged)
     assert all(r["replay_loss"] > 0 for r in read_metrics(run / "metrics.jsonl") if "loss" in r)
-    # the run folder is enough for `leapalign eval`: its config names the plugin
-    assert main(["eval", "--run", str(run), "--no-progress", "evaluation.images_per_prompt=1"]) == 0
+    # the run folder is enough for `leapalign eval`: its config names the plugin (code, hence --trust-config)
+    assert main(["eval", "--run", str(run), "--trust-config", "--no-progress", "evaluation.images_per_prompt=1"]) == 0
     assert json.loads((run / "eval" / "eval.json").read_text())["num_images"] == 4
 
 

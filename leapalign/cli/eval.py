@@ -4,6 +4,8 @@ side by side with a second model (``--compare``). Resumable: rerunning the same 
 Outputs (``--out``, default ``<run>/eval`` or ``runs/eval``): ``eval.json``, ``images.csv``, ``samples.png``,
 ``report.md``, ``images/`` (GenEval's folder layout) and, with ``--compare``, the two evaluations in ``A/`` and
 ``B/`` plus ``compare.json``, ``compare.png`` and ``report.md`` at the top.
+
+The command's options are declared in :mod:`leapalign.cli` (which imports this module only to run it).
 """
 
 from __future__ import annotations
@@ -28,34 +30,6 @@ from leapalign.eval.runner import SamplingSettings, run_evaluation
 from leapalign.rewards import RewardTermConfig, build_reward_term
 
 logger = logging.getLogger(__name__)
-
-
-def add_eval_arguments(p: argparse.ArgumentParser, default_config: str) -> None:
-    """Declares the ``leapalign eval`` options on ``p``: what is not a config key. Everything that is a config key
-    is a ``key=value`` override, as for ``leapalign train``: ``evaluation.prompts=FILE``, ``evaluation.limit=N``,
-    ``evaluation.images_per_prompt=N``, ``evaluation.seed=S``, ``evaluation.num_steps=N``,
-    ``evaluation.batch_size=N``, ``evaluation.rewards=hpsv2,pickscore``, ``evaluation.rewards.0.args.KEY=V``,
-    ``evaluation.evaluators=NAME``, ``model.guidance_scale=G``, ``sampler.height=H``, ``sampler.width=W``."""
-    p.add_argument("--config", default=default_config, help="config naming the base model (ignored with --run)")
-    p.add_argument("--run", default=None, help="a training run folder (latest checkpoint) or a checkpoint folder")
-    p.add_argument("--no-ema", action="store_true", help="use the live weights instead of the EMA weights")
-    p.add_argument("--compare", default=None, help="a second model, side by side: a run, a checkpoint, or 'base'")
-    p.add_argument(
-        "--diversity-reward",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="also measure diversity in this reward's image-feature space (CLIP-based rewards; repeatable)",
-    )
-    p.add_argument("--out", default=None, help="output folder (default: <run>/eval or runs/eval)")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        help="key=value config overrides, e.g. evaluation.prompts=prompts.txt evaluation.rewards=hpsv2,pickscore "
-        "model.path=/models/FLUX.1-dev",
-    )
 
 
 def reward_terms(cfg: ExperimentConfig) -> list[RewardTermConfig]:
@@ -113,9 +87,9 @@ def _evaluate_one(source: ModelSource, out: Path, common: dict[str, Any], args: 
 
 def run_eval_command(args: argparse.Namespace) -> dict[str, Any]:
     """Runs ``leapalign eval``; returns ``{"out": Path, "metrics": eval.json content, "compare": ... | None}``."""
-    overrides = list(args.overrides)
-    main = resolve_source(args.config, args.run, overrides, args.no_ema)
-    other = resolve_compare(args.compare, main, overrides, args.no_ema) if args.compare else None
+    overrides, trust = list(args.overrides), args.trust_config
+    main = resolve_source(args.config, args.run, overrides, args.no_ema, trust_config=trust)
+    other = resolve_compare(args.compare, main, overrides, args.no_ema, trust_config=trust) if args.compare else None
     cfg = main.cfg
     ev = cfg.evaluation
     prompts = load_prompt_set(ev.prompts, limit=ev.limit, key="evaluation.prompts")

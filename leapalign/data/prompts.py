@@ -6,25 +6,34 @@ order:
 
 1. a registered name (:data:`PROMPT_SETS`: ``builtin:tiny``, ``builtin:eval32``, and those of plugins);
 2. a file: ``.txt`` (one prompt a line; blank lines and ``#`` comments skipped), ``.jsonl`` (one JSON object
-   with a ``prompt`` key a line, e.g. GenEval's ``evaluation_metadata.jsonl``) or ``.json`` (a list of prompt
-   strings or of objects with a ``prompt`` key, e.g. HPDv2's ``test.json``);
+   with a ``prompt`` key a line, e.g. GenEval's ``evaluation_metadata.jsonl``), ``.json`` (a list of prompt
+   strings or of objects with a ``prompt`` key, e.g. HPDv2's ``test.json``) or ``.csv`` / ``.tsv`` (a header row
+   with a ``prompt`` column; the other columns are kept as metadata);
 3. an import path ``my_pkg.prompts:load`` to a function returning such a list (or the list itself).
+
+Files are read by their content where the suffix could mislead: ``.json`` and ``.jsonl`` accept either JSON layout
+(a list, or one object a line), and a text file whose first line opens a JSON list or object is read as JSON. A
+text file whose first line is a CSV header (``prompt``, ``prompt,tag``) is refused rather than trained on, as are
+empty files and unknown suffixes; every error names the accepted formats.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
-from collections.abc import Callable, Sequence
+import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from leapalign.registry import Registry, looks_like_import_path
+from leapalign.registry import PROMPT_SETS, looks_like_import_path
 
-PROMPT_SETS: Registry[Callable[[], Sequence[str | dict]]] = Registry("prompt set", "data.prompts")
-"""Named prompt sets: ``builder() -> list`` of prompt strings or entries with a ``prompt`` key."""
+logger = logging.getLogger(__name__)
+
 
 TINY_PROMPTS = [
     "a red circle on a white background",
@@ -38,6 +47,13 @@ TINY_PROMPTS = [
 ]
 PROMPT_FILE_DIR = Path(__file__).parent / "prompt_sets"
 TEXT_SUFFIXES = (".txt", ".text", ".prompts", "")
+TABLE_DELIMITERS = {".csv": ",", ".tsv": "\t"}
+FORMATS = (
+    "a .txt (one prompt a line), .jsonl (one object with a 'prompt' key a line), .json (a list of prompts or of "
+    "such objects) or .csv/.tsv (a header row with a 'prompt' column) file"
+)
+_JSON_OPENINGS = ("[", "{")
+_CSV_HEADERS = ("prompt", "prompts", "caption", "text")
 
 
 @dataclass
@@ -93,33 +109,93 @@ def _entry(obj: object, where: str) -> dict:
     raise ValueError(f"{where}: expected a prompt string or an object with a 'prompt' string, got {str(obj)[:80]!r}.")
 
 
-def _read_file(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
-    suffix = path.suffix.lower()
-    if suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err}).") from err
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: a .json prompt file must hold a list of prompts or of objects.")
-        return [_entry(obj, f"{path}[{i}]") for i, obj in enumerate(data)]
-    if suffix == ".jsonl":
-        entries = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    entries.append(_entry(json.loads(line), f"{path}:{lineno}"))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{lineno}: not JSON ({err}).") from err
-        return entries
-    if suffix not in TEXT_SUFFIXES:
+def _json_lines(path: Path, text: str) -> list[dict]:
+    entries = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                entries.append(_entry(json.loads(line), f"{path}:{lineno}"))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: not JSON ({err}); give {FORMATS}.") from err
+    return entries
+
+
+def _read_json(path: Path, text: str) -> list[dict]:
+    """A JSON list of prompts or entries, one entry object, or JSON lines, whatever the suffix says."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        if text.lstrip().startswith("{"):  # objects, one a line (an error names the line)
+            return _json_lines(path, text)
+        raise ValueError(f"{path}: not valid JSON ({err}); give {FORMATS}.") from err
+    if isinstance(data, dict):  # one entry (a JSON-lines file of one line)
+        return [_entry(data, str(path))]
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: holds a JSON {type(data).__name__}, not a list; give {FORMATS}.")
+    return [_entry(obj, f"{path}[{i}]") for i, obj in enumerate(data)]
+
+
+def _read_table(path: Path, text: str, delimiter: str) -> list[dict]:
+    """The ``prompt`` column of a CSV/TSV file with a header row; the other non-empty columns become metadata."""
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    columns = [c.strip() for c in reader.fieldnames or []]
+    if "prompt" not in [c.lower() for c in columns]:
         raise ValueError(
-            f"{path}: unsupported prompt file type {suffix!r}; give a .txt (one prompt a line), .jsonl (a 'prompt' "
-            f"key a line) or .json (a list) file."
+            f"{path}: a {path.suffix} prompt file needs a header row with a 'prompt' column, but its header is "
+            f"{columns}; name the prompt column 'prompt', or give {FORMATS}."
         )
-    lines = (line.strip() for line in text.splitlines())
-    return [{"prompt": line} for line in lines if line and not line.startswith("#")]
+    entries = []
+    try:
+        for row in reader:
+            values = {k.strip(): v for k, v in row.items() if isinstance(k, str) and isinstance(v, str)}
+            prompt = next((v for k, v in values.items() if k.lower() == "prompt"), "").strip()
+            if prompt:
+                meta = {k: v for k, v in values.items() if k.lower() != "prompt" and v != ""}
+                entries.append({"prompt": prompt, **meta})
+    except csv.Error as err:
+        raise ValueError(f"{path}:{reader.line_num}: not valid {path.suffix} ({err}).") from err
+    return entries
+
+
+def _read_text(path: Path, text: str) -> list[dict]:
+    lines = [line.strip() for line in text.splitlines()]
+    lines = [line for line in lines if line and not line.startswith("#")]
+    first = lines[0] if lines else ""
+    if first in _JSON_OPENINGS or first.startswith(('["', "[{", '{"')):
+        try:
+            entries = _read_json(path, text)
+        except ValueError as err:
+            raise ValueError(
+                f"{path}: its first line {first[:40]!r} opens JSON, but the file is not valid JSON ({err}); fix it, "
+                f"or give {FORMATS}."
+            ) from err
+        logger.info("%s holds JSON: read as JSON, not as one prompt a line", path)
+        return entries
+    header = [f.strip().lower() for f in first.split(",")]
+    if header[0] in _CSV_HEADERS and all(re.fullmatch(r"\w+", f) for f in header) and len(lines) > 1:
+        raise ValueError(
+            f"{path}: its first line {first[:40]!r} looks like a CSV header, not a prompt; name the file .csv to "
+            f"read its 'prompt' column, or delete the line."
+        )
+    return [{"prompt": line} for line in lines]
+
+
+def _read_file(path: Path) -> list[dict]:
+    """The entries of a prompt file (see the module docstring for the formats)."""
+    suffix = path.suffix.lower()
+    if suffix not in (*TEXT_SUFFIXES, ".json", ".jsonl", *TABLE_DELIMITERS):
+        raise ValueError(f"{path}: unsupported prompt file type {suffix!r}; give {FORMATS}.")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark (spreadsheet exports) is dropped
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); give {FORMATS}.") from err
+    if not text.strip():
+        raise ValueError(f"{path}: the file is empty (it holds no prompt); give {FORMATS}.")
+    if suffix in TABLE_DELIMITERS:
+        return _read_table(path, text, TABLE_DELIMITERS[suffix])
+    if suffix in (".json", ".jsonl"):
+        return _read_json(path, text)
+    return _read_text(path, text)
 
 
 def load_prompt_set(
@@ -143,11 +219,12 @@ def load_prompt_set(
         entries = [_entry(obj, f"{key}={source}[{i}]") for i, obj in enumerate(items)]
     elif path.is_file():
         entries = _read_file(path)
+    elif path.is_dir():
+        raise ValueError(f"{key}={source!r} is a folder; give {FORMATS}, or a registered prompt set.")
     else:
         raise ValueError(
-            f"{key}={source!r}: no such file or prompt set. Give a .txt (one prompt a line), .jsonl (a 'prompt' key "
-            f"a line, GenEval metadata works) or .json file, a registered set ({', '.join(PROMPT_SETS.names())}), "
-            f"or an import path such as 'my_pkg.prompts:load'."
+            f"{key}={source!r}: no such file or prompt set. Give {FORMATS} (GenEval metadata works), a registered "
+            f"set ({', '.join(PROMPT_SETS.names())}), or an import path such as 'my_pkg.prompts:load'."
         )
     if limit is not None:
         entries = entries[:limit]
@@ -162,12 +239,13 @@ def load_prompts(source: str, balance_by: str | None = None, key: str = "data.pr
     return load_prompt_set(source, balance_by=balance_by, key=key).prompts
 
 
-PROMPT_SETS.register("builtin:tiny", lambda: TINY_PROMPTS, "8 short prompts for smoke tests")
-PROMPT_SETS.register(
-    "builtin:eval32",
-    lambda: _read_file(PROMPT_FILE_DIR / "eval32.txt"),
-    "32 evaluation prompts written for leapalign in HPDv2's style (photo, anime, concept art, painting)",
-)
+# The built-in prompt sets, declared in PROMPT_SETS by import path (with their descriptions) in leapalign.registry.
+def _tiny_prompts() -> list[str]:
+    return TINY_PROMPTS
+
+
+def _eval32_prompts() -> list[dict]:
+    return _read_file(PROMPT_FILE_DIR / "eval32.txt")
 
 
 class PromptSampler:

@@ -43,8 +43,9 @@ class EvalConfig:
             ``images_per_prompt``): the first ones of each prompt, so their noise is the before and after
             evaluations' too. Every evaluation adds a point on this subset to the run's proxy-versus-gold curve
             (``curve.json``, ``proxy_gold.png``; :mod:`leapalign.eval.curves`).
-        prompts: A prompt set: a registered name (``builtin:eval32``, those of plugins), a ``.txt`` / ``.jsonl`` /
-            ``.json`` file or an import path (see :mod:`leapalign.data.prompts`).
+        prompts: A prompt set: a registered name (``builtin:eval32``, those of plugins), a prompt file (JSON list,
+            JSON lines, ``.csv`` / ``.tsv`` with a ``prompt`` column, or text) or an import path (see
+            :mod:`leapalign.data.prompts`).
         limit: Only the first ``limit`` prompts (``None``: all).
         rewards: Rewards to report; empty: the training reward's terms. Add held-out rewards beside the training
             reward to see reward hacking as it happens.

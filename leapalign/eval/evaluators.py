@@ -11,12 +11,12 @@ Register with ``EVALUATORS.register(name, builder, description)``, or name a cla
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
 
-from leapalign.registry import Registry
+from leapalign.registry import EVALUATORS  # builder(**args) -> Evaluator
 
 
 @runtime_checkable
@@ -49,10 +49,6 @@ class Evaluator(Protocol):
     def summarize(self, values: Sequence[float], entries: Sequence[dict]) -> dict[str, float]:
         """The summary of a whole evaluation: ``overall`` (its headline number) and any breakdown."""
         ...
-
-
-EVALUATORS: Registry[Callable[..., Evaluator]] = Registry("evaluator", "evaluation.evaluators[].name")
-"""Registered evaluators: ``builder(**args) -> Evaluator``."""
 
 
 def build_evaluator(name: str, args: dict[str, Any] | None = None) -> Evaluator:

@@ -3,6 +3,8 @@ used by the trainer (before, every N steps, after) and by ``leapalign eval``.
 
 Image ``r`` of prompt ``i`` uses the seed ``seed + max(1000, P) * r + i`` (``P`` prompts). Rewards and evaluators
 see the 8-bit images that the PNGs hold, so a resumed evaluation gives the same numbers as an uninterrupted one.
+When the model identity names a weights file (``model_identity["weights"]``), the file's content fingerprint is part
+of the settings: an evaluation of a checkpoint that has since changed is recomputed, not resumed.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from tqdm.auto import tqdm
 
 from leapalign.data.prompts import PromptSet
 from leapalign.eval.evaluators import Evaluator
-from leapalign.eval.store import EvalStore, image_path, quantize
+from leapalign.eval.store import EvalStore, image_path, quantize, weights_fingerprint
 from leapalign.models.base import FlowModel, check_resolution
-from leapalign.rewards.base import RewardFn
+from leapalign.rewards.base import RewardFn, check_scores
 from leapalign.sampling import generate
 
 logger = logging.getLogger(__name__)
@@ -112,7 +114,9 @@ def run_evaluation(
         evaluators: Evaluators to judge each image against its prompt entry (names must differ from each other
             and from the rewards').
         out_dir: The evaluation folder (created; an earlier evaluation with the same settings is resumed).
-        model_identity: What identifies the model (config, checkpoint), stored in ``settings.json``.
+        model_identity: What identifies the model (config, checkpoint), stored in ``settings.json``. A
+            ``"weights"`` entry naming an existing file adds that file's content fingerprint
+            (:func:`~leapalign.eval.store.weights_fingerprint`), so changed weights are evaluated again.
         reward_identity: What identifies each reward (name and arguments), likewise.
         overwrite: Replace an earlier evaluation in ``out_dir``.
         progress: Show a progress bar.
@@ -140,7 +144,10 @@ def run_evaluation(
         "rewards": reward_identity if reward_identity is not None else names,
         "evaluators": [e.name for e in evaluators],
     }
-    store = EvalStore(Path(out_dir), settings, overwrite=overwrite)
+    weights = model_identity.get("weights")
+    if isinstance(weights, str | Path) and Path(weights).is_file():
+        settings["weights_content"] = weights_fingerprint(Path(weights))
+    store = EvalStore(Path(out_dir), settings, overwrite=overwrite, content_keys=("weights_content",))
     for reward in rewards:  # load the reward weights now: a missing file fails before any image is generated
         if callable(getattr(reward, "load", None)):
             reward.load(model.device)
@@ -179,7 +186,7 @@ def run_evaluation(
         with torch.no_grad():
             device_images = images.to(model.device)
             for reward in rewards:
-                scores = reward(device_images, prompts).float().cpu()
+                scores = check_scores(reward, reward(device_images, prompts), device_images).float().cpu()
                 for rec, value in zip(records, scores.tolist(), strict=True):
                     rec["scores"][reward.name] = value
         for evaluator in evaluators:

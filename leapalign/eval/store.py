@@ -2,19 +2,25 @@
 
 Layout of an evaluation folder::
 
-    settings.json              what is evaluated (model, prompts, sampling, rewards); a resumed run must match
+    settings.json              what is evaluated (model and the content of its weights, prompts, sampling,
+                               rewards); a resumed run must match
     images/00000/metadata.jsonl  the prompt's entry (GenEval's layout: GenEval's evaluator reads this folder)
     images/00000/samples/0000.png  image r of prompt i, 8-bit PNG, written to a temporary name then renamed
     records.jsonl              one line per finished image (its scores), appended after its PNG exists
 
-An image counts as done when its record and its PNG both exist.
+An image counts as done when its record and its PNG both exist. The weights are identified by their content
+(:func:`weights_fingerprint`), not only by their path: a checkpoint retrained or replaced in place makes the cached
+evaluation stale, and it is recomputed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +29,49 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from leapalign.checkpoint import STATE_FILE
+
+logger = logging.getLogger(__name__)
+
 OUTPUTS = ("settings.json", "records.jsonl", "images", "eval.json", "images.csv", "samples.png", "report.md")
+WHOLE_HASH_BYTES = 64 << 20
+"""Files up to this size are hashed whole; larger ones by :data:`SAMPLED_BLOCKS` blocks spread over the file."""
+SAMPLED_BLOCKS = 64
+BLOCK_BYTES = 64 << 10
+
+
+def weights_fingerprint(path: Path) -> dict[str, Any]:
+    """The content identity of a weights file, cheap even for a full FLUX checkpoint.
+
+    Its size, a SHA-1 of its bytes (whole up to 64 MiB; past that, of 64 blocks of 64 KiB spread evenly over the
+    file, which retrained weights change everywhere) and, when the file sits in a checkpoint folder, the SHA-1 of
+    its ``state.json`` (which records the step and every file's SHA-256).
+    """
+    size = path.stat().st_size
+    digest = hashlib.sha1()
+    with path.open("rb") as fh:
+        if size <= WHOLE_HASH_BYTES:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        else:
+            for i in range(SAMPLED_BLOCKS):
+                fh.seek((size - BLOCK_BYTES) * i // (SAMPLED_BLOCKS - 1))
+                digest.update(fh.read(BLOCK_BYTES))
+    state = path.parent / STATE_FILE
+    return {
+        "size": size,
+        "sha1": digest.hexdigest(),
+        "state_sha1": hashlib.sha1(state.read_bytes()).hexdigest() if state.is_file() else None,
+    }
+
+
+def _clear(root: Path) -> None:
+    for name in OUTPUTS:
+        target = root / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
 
 
 def image_path(root: Path, prompt_index: int, repeat: int) -> Path:
@@ -64,29 +112,41 @@ class EvalStore:
         root: The folder.
         settings: Everything that determines the results (compared with an earlier run's ``settings.json``).
         overwrite: Delete an earlier evaluation in ``root`` first.
+        content_keys: Settings that identify content rather than a choice (the weights' fingerprint): when an
+            earlier evaluation differs from ``settings`` in these keys only, it is stale, and it is deleted and
+            recomputed (with a log line) instead of refused.
     """
 
-    def __init__(self, root: Path, settings: dict[str, Any], overwrite: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path,
+        settings: dict[str, Any],
+        overwrite: bool = False,
+        content_keys: Sequence[str] = (),
+    ) -> None:
         self.root = Path(root)
         self.settings = json.loads(json.dumps(settings))  # plain JSON types, as they are read back
         if overwrite:
-            for name in OUTPUTS:
-                target = self.root / name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
+            _clear(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / "settings.json"
         if path.is_file():
             earlier = json.loads(path.read_text())
-            if earlier != self.settings:
-                keys = sorted(k for k in set(earlier) | set(self.settings) if earlier.get(k) != self.settings.get(k))
+            keys = sorted(k for k in set(earlier) | set(self.settings) if earlier.get(k) != self.settings.get(k))
+            if keys and set(keys) <= set(content_keys):
+                logger.warning(
+                    "%s: the weights changed since this evaluation was made (%s differs; e.g. the checkpoint was "
+                    "retrained in place); recomputing it",
+                    self.root,
+                    ", ".join(keys),
+                )
+                _clear(self.root)
+            elif keys:
                 raise ValueError(
                     f"{self.root} holds an evaluation with other settings (differing: {', '.join(keys)}); resume "
                     f"needs the same settings. Pass --overwrite to replace it, or choose another --out."
                 )
-        else:
+        if not path.is_file():
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(self.settings, indent=1))
             tmp.replace(path)

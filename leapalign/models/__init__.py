@@ -1,5 +1,6 @@
 """Flow models (Flux, SD3 and their tiny random-init twins) behind one :class:`FlowModel` interface, and the
-model registry :data:`MODELS` that plugins extend."""
+model registry :data:`MODELS` that plugins extend. Loading from a folder or the hub turns hub and OS errors into
+one-line messages naming the fix (:func:`explain_load_errors`, usable by a plugin's own builder)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from leapalign.models.finetune import (
     unwrap_model,
 )
 from leapalign.models.flux import FluxAdapter, check_pretrained_path
+from leapalign.models.hub import explain_load_errors
 from leapalign.models.registry import MODELS
 from leapalign.models.sd3 import SD3Adapter
 from leapalign.models.text import FluxTextEncoder, PromptCache, SD3TextEncoder, TextEncoder
@@ -38,7 +40,9 @@ __all__ = [
     "build_model",
     "build_tiny_flux_pipeline",
     "build_tiny_sd3_pipeline",
+    "check_pretrained_path",
     "check_resolution",
+    "explain_load_errors",
     "export_for_diffusers",
     "load_trainable_state_dict",
     "noise_like_latents",
@@ -48,6 +52,7 @@ __all__ = [
 ]
 
 
+# The built-in builders, declared in MODELS by import path (with their descriptions) in leapalign.registry.
 def _tiny_flux(cfg: ModelConfig) -> FluxAdapter:
     return FluxAdapter.from_pipeline(build_tiny_flux_pipeline(cfg.seed), cfg)
 
@@ -62,12 +67,6 @@ def _flux(cfg: ModelConfig) -> FluxAdapter:
 
 def _sd3(cfg: ModelConfig) -> SD3Adapter:
     return SD3Adapter.from_pretrained(check_pretrained_path(cfg.path, "sd3"), cfg)
-
-
-MODELS.register("tiny-flux", _tiny_flux, "random-init Flux-architecture model built in-process (tests, CPU)")
-MODELS.register("tiny-sd3", _tiny_sd3, "random-init SD3-architecture model built in-process (tests, CPU)")
-MODELS.register("flux", _flux, "FLUX.1 (dev layout) from model.path: a diffusers pipeline folder or hub id")
-MODELS.register("sd3", _sd3, "SD3 / SD3.5 from model.path: a diffusers pipeline folder or hub id")
 
 
 def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> FlowModel:

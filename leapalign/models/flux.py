@@ -28,6 +28,7 @@ from leapalign.models.base import Conditioning, check_resolution
 from leapalign.models.common import TransformerPlumbing, vae_decode, vae_encode
 from leapalign.models.config import ModelConfig
 from leapalign.models.finetune import cast_module, unwrap_model, weight_dtypes
+from leapalign.models.hub import explain_load_errors
 from leapalign.models.text import FluxTextEncoder, PromptCache, TextEncoder
 
 logger = logging.getLogger(__name__)
@@ -330,18 +331,19 @@ class FluxAdapter(TransformerPlumbing):
 
         source = check_pretrained_path(path, "flux")
         frozen, transformer_dtype = weight_dtypes(cfg)
-        _check_scheduler(FlowMatchEulerDiscreteScheduler.load_config(source, subfolder="scheduler"))
-        transformer = FluxTransformer2DModel.from_pretrained(
-            source, subfolder="transformer", torch_dtype=transformer_dtype
-        )
-        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=frozen)
-        text = FluxTextEncoder(
-            CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=frozen),
-            AutoTokenizer.from_pretrained(source, subfolder="tokenizer"),
-            T5EncoderModel.from_pretrained(source, subfolder="text_encoder_2", dtype=frozen),
-            AutoTokenizer.from_pretrained(source, subfolder="tokenizer_2"),
-            max_sequence_length=cfg.max_sequence_length,
-        )
+        with explain_load_errors(source):
+            _check_scheduler(FlowMatchEulerDiscreteScheduler.load_config(source, subfolder="scheduler"))
+            transformer = FluxTransformer2DModel.from_pretrained(
+                source, subfolder="transformer", torch_dtype=transformer_dtype
+            )
+            vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=frozen)
+            text = FluxTextEncoder(
+                CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=frozen),
+                AutoTokenizer.from_pretrained(source, subfolder="tokenizer"),
+                T5EncoderModel.from_pretrained(source, subfolder="text_encoder_2", dtype=frozen),
+                AutoTokenizer.from_pretrained(source, subfolder="tokenizer_2"),
+                max_sequence_length=cfg.max_sequence_length,
+            )
         return cls(transformer, vae, text, guidance_scale=cfg.guidance_scale)
 
 

@@ -1,12 +1,13 @@
 """The model registry: ``model.name`` -> ``builder(cfg: ModelConfig) -> FlowModel``.
 
-The built-in models are registered by :mod:`leapalign.models`; plugins add theirs with
+The registry itself and the built-in models' declarations live in :mod:`leapalign.registry` (listing them imports
+nothing); the builders are in :mod:`leapalign.models`. Plugins add theirs with
 ``MODELS.register(name, builder, description)``. A builder returns the adapter before
 :func:`~leapalign.models.finetune.prepare_for_training` (LoRA or full) and before it is moved to a device.
 """
 
 from __future__ import annotations
 
-from leapalign.registry import Registry
+from leapalign.registry import MODELS
 
-MODELS: Registry = Registry("model", "model.name")
+__all__ = ["MODELS"]

@@ -27,6 +27,7 @@ from leapalign.models.common import TransformerPlumbing, vae_decode, vae_encode
 from leapalign.models.config import ModelConfig
 from leapalign.models.finetune import cast_module, unwrap_model, weight_dtypes
 from leapalign.models.flux import broadcast_sigma, check_pretrained_path
+from leapalign.models.hub import explain_load_errors
 from leapalign.models.text import PromptCache, SD3TextEncoder, TextEncoder
 
 logger = logging.getLogger(__name__)
@@ -193,22 +194,23 @@ class SD3Adapter(TransformerPlumbing):
 
         source = check_pretrained_path(path, "sd3")
         frozen, transformer_dtype = weight_dtypes(cfg)
-        settings = _scheduler_settings(FlowMatchEulerDiscreteScheduler.load_config(source, subfolder="scheduler"))
-        transformer = SD3Transformer2DModel.from_pretrained(
-            source, subfolder="transformer", torch_dtype=transformer_dtype
-        )
-        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=frozen)
-        has_t5 = not Path(source).is_dir() or (Path(source) / "text_encoder_3").is_dir()
-        text = SD3TextEncoder(
-            CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder", dtype=frozen),
-            AutoTokenizer.from_pretrained(source, subfolder="tokenizer"),
-            CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder_2", dtype=frozen),
-            AutoTokenizer.from_pretrained(source, subfolder="tokenizer_2"),
-            T5EncoderModel.from_pretrained(source, subfolder="text_encoder_3", dtype=frozen) if has_t5 else None,
-            AutoTokenizer.from_pretrained(source, subfolder="tokenizer_3") if has_t5 else None,
-            max_sequence_length=_sd3_max_length(cfg),
-            joint_attention_dim=transformer.config.joint_attention_dim,
-        )
+        with explain_load_errors(source):
+            settings = _scheduler_settings(FlowMatchEulerDiscreteScheduler.load_config(source, subfolder="scheduler"))
+            transformer = SD3Transformer2DModel.from_pretrained(
+                source, subfolder="transformer", torch_dtype=transformer_dtype
+            )
+            vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=frozen)
+            has_t5 = not Path(source).is_dir() or (Path(source) / "text_encoder_3").is_dir()
+            text = SD3TextEncoder(
+                CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder", dtype=frozen),
+                AutoTokenizer.from_pretrained(source, subfolder="tokenizer"),
+                CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder_2", dtype=frozen),
+                AutoTokenizer.from_pretrained(source, subfolder="tokenizer_2"),
+                T5EncoderModel.from_pretrained(source, subfolder="text_encoder_3", dtype=frozen) if has_t5 else None,
+                AutoTokenizer.from_pretrained(source, subfolder="tokenizer_3") if has_t5 else None,
+                max_sequence_length=_sd3_max_length(cfg),
+                joint_attention_dim=transformer.config.joint_attention_dim,
+            )
         return cls(transformer, vae, text, guidance_scale=cfg.guidance_scale, **settings)
 
 

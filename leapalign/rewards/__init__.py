@@ -12,64 +12,97 @@ Example:
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import Tensor
 
-from leapalign.registry import Registry
-from leapalign.rewards.base import RewardConfig, RewardFn, RewardTermConfig, WeightedReward
-from leapalign.rewards.synthetic import Brightness, PngCompressibility, PromptColor, Saturation, TargetColor
+from leapalign.registry import REWARDS
+from leapalign.rewards.base import (
+    RewardConfig,
+    RewardContractError,
+    RewardFn,
+    RewardTermConfig,
+    WeightedReward,
+    check_scores,
+)
+from leapalign.rewards.weights import WeightFile
 
-_BUILTIN: dict[str, tuple[Callable[..., RewardFn], str]] = {
-    "brightness": (Brightness, "mean pixel intensity; no weights needed"),
-    "saturation": (Saturation, "mean colour saturation; no weights needed"),
-    "target_color": (TargetColor, "closeness to one colour (args: color); no weights needed"),
-    "prompt_color": (PromptColor, "closeness to the prompt's colour word; no weights needed"),
-    "png_compressibility": (PngCompressibility, "negative PNG size in kB; NOT differentiable"),
-    "hpsv2": (
-        lambda **kw: _lazy("hpsv2", "HPSv2", **kw),
-        "HPSv2.1 (default) / HPSv2.0 human preference score, cosine ~0.2-0.4; needs HPS_v2.1_compressed.pt "
-        "(hub xswu/HPSv2; args: checkpoint, version, tokenizer) and a CLIP tokenizer "
-        "(laion/CLIP-ViT-H-14-laion2B-s32B-b79K); no OpenCLIP needed",
-    ),
-    "pickscore": (
-        lambda **kw: _lazy("pickscore", "PickScore", **kw),
-        "PickScore, logit_scale * cosine ~18-24; needs yuvalkirstain/PickScore_v1 and the processor "
-        "laion/CLIP-ViT-H-14-laion2B-s32B-b79K (folders or hub ids; args: model, processor, scale)",
-    ),
-    "clip_score": (
-        lambda **kw: _lazy("clip_score", "ClipScore", **kw),
-        "CLIP image-prompt cosine; needs any transformers CLIP folder or hub id "
-        "(default openai/clip-vit-large-patch14; args: model, scale)",
-    ),
-    "aesthetic": (
-        lambda **kw: _lazy("aesthetic", "LaionAesthetic", **kw),
-        "LAION aesthetic predictor v2, ~1-10, prompt ignored; needs sac+logos+ava1-l14-linearMSE.pth "
-        "(args: head) and openai/clip-vit-large-patch14 (args: clip_model)",
-    ),
-    "image_reward": (
-        lambda **kw: _lazy("image_reward", "ImageReward", **kw),
-        "ImageReward (BLIP), ~-2..2; needs the `image-reward` package (pip install image-reward) and "
-        "THUDM/ImageReward weights (args: model, med_config)",
-    ),
-    "hpsv3": (
-        lambda **kw: _hpsv3(**kw),
-        "NOT SUPPORTED: HPSv3 is a Qwen2-VL-7B reward model; wrap its `hpsv3` package as a dotted-path reward "
-        "(see docs/rewards.md)",
-    ),
-}
+OVERRIDE_SYNTAX = '"reward.terms=[{name: pkg.mod:Obj, args: {key: value}}]"'
 
 
-REWARDS: Registry = Registry("reward", "reward.terms[].name")
-"""Registered rewards: ``builder(**args) -> RewardFn``; plugins add theirs with ``REWARDS.register``."""
-for _name, (_builder, _doc) in _BUILTIN.items():
-    REWARDS.register(_name, _builder, _doc)
+class _Lazy:
+    """Builder of a model-based reward whose module is imported only when it is built (keeps ``import
+    leapalign.rewards`` light); it reports the class's signature and the weights the class needs."""
+
+    def __init__(self, module: str, cls: str, weights: Callable[[dict[str, Any]], list[WeightFile]]) -> None:
+        self.module, self.cls, self.weights = module, cls, weights
+
+    def target(self) -> type:
+        return getattr(importlib.import_module(f"leapalign.rewards.{self.module}"), self.cls)
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        return inspect.signature(self.target())
+
+    def __call__(self, **kwargs: Any) -> RewardFn:
+        return self.target()(**kwargs)
+
+    def required_weights(self, **kwargs: Any) -> list[WeightFile]:
+        hook = getattr(self.target(), "required_weights", None)  # the class's own hook wins
+        if callable(hook):
+            return list(hook(**kwargs))
+        bound = inspect.signature(self.target()).bind(**kwargs)
+        bound.apply_defaults()
+        return self.weights(dict(bound.arguments))
 
 
-def _lazy(module: str, cls: str, **kwargs: Any) -> RewardFn:
-    """Imports a model-based reward class only when it is used (keeps ``import leapalign.rewards`` light)."""
-    return getattr(importlib.import_module(f"leapalign.rewards.{module}"), cls)(**kwargs)
+def _hpsv2_weights(a: dict[str, Any]) -> list[WeightFile]:
+    from leapalign.rewards.hpsv2 import HPS_FILES, HPS_REPO
+
+    version = a["version"]
+    return [
+        WeightFile("checkpoint", a["checkpoint"], f"HPS{version}", HPS_FILES.get(version), HPS_REPO),
+        WeightFile("tokenizer", a["tokenizer"], "HPSv2 tokenizer"),
+    ]
+
+
+def _aesthetic_weights(a: dict[str, Any]) -> list[WeightFile]:
+    from leapalign.rewards.aesthetic import AESTHETIC_FILE, AESTHETIC_URL
+
+    head = WeightFile("head", a["head"], "LAION aesthetic predictor v2", AESTHETIC_FILE, url=AESTHETIC_URL)
+    return [head, WeightFile("clip_model", a["clip_model"], "aesthetic CLIP ViT-L/14")]
+
+
+def _image_reward_weights(a: dict[str, Any]) -> list[WeightFile]:
+    from leapalign.rewards.image_reward import INSTALL_HINT
+
+    if importlib.util.find_spec("ImageReward") is None:
+        raise ValueError(INSTALL_HINT)
+    out = []  # the package downloads its named models itself; only local paths can be checked
+    for arg, what in (("model", "ImageReward checkpoint"), ("med_config", "ImageReward med_config.json")):
+        spec = a[arg]
+        if spec is not None and spec.endswith((".pt", ".pth", ".json")):
+            out.append(WeightFile(arg, spec, what, spec.replace("\\", "/").rsplit("/", 1)[-1]))
+    return out
+
+
+def _pickscore_weights(a: dict[str, Any]) -> list[WeightFile]:
+    return [
+        WeightFile("model", a["model"], "PickScore model"),
+        WeightFile("processor", a["processor"], "PickScore processor"),
+    ]
+
+
+# The builders of the model-based rewards; :mod:`leapalign.registry` declares them in :data:`REWARDS` by import
+# path, with their descriptions, so listing the rewards imports nothing.
+_HPSV2 = _Lazy("hpsv2", "HPSv2", _hpsv2_weights)
+_PICKSCORE = _Lazy("pickscore", "PickScore", _pickscore_weights)
+_CLIP_SCORE = _Lazy("clip_score", "ClipScore", lambda a: [WeightFile("model", a["model"], "CLIP score model")])
+_AESTHETIC = _Lazy("aesthetic", "LaionAesthetic", _aesthetic_weights)
+_IMAGE_REWARD = _Lazy("image_reward", "ImageReward", _image_reward_weights)
 
 
 def _hpsv3(**kwargs: Any) -> RewardFn:
@@ -93,24 +126,82 @@ class _FunctionReward:
         return self.fn(images, prompts)
 
 
-def build_reward_term(term: RewardTermConfig) -> RewardFn:
-    """Builds one reward from a registry name or a dotted import path (class or function)."""
-    if term.name in REWARDS:
-        return REWARDS.resolve(term.name)(**term.args)
-    obj = REWARDS.resolve(term.name)  # an import path, or an error listing the registered rewards
-    if isinstance(obj, type):
-        return obj(**term.args)
-    if callable(obj):
+def _is_function_reward(term: RewardTermConfig, obj: object) -> bool:
+    return term.name not in REWARDS and not isinstance(obj, type) and callable(obj)
+
+
+def _accepted(sig: inspect.Signature) -> str:
+    names = [
+        f"{p.name} (required)" if p.default is p.empty else p.name
+        for p in sig.parameters.values()
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    return ", ".join(names) or "none"
+
+
+def check_reward_args(term: RewardTermConfig, key: str | None = None) -> None:
+    """Checks ``term.args`` against the reward's constructor without building it.
+
+    Args:
+        term: The reward term.
+        key: Its config entry (``reward.terms.0``) for the message; ``None``: the general override syntax.
+
+    Raises:
+        ValueError: An unknown or missing argument; one line naming the reward, the arguments it accepts and
+            the override that sets them.
+    """
+    obj = REWARDS.resolve(term.name)  # an unknown name raises, listing the registered rewards
+    if _is_function_reward(term, obj):
         if term.args:
             raise ValueError(f"reward {term.name!r} is a function; it takes no args (got {term.args}).")
+        return
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):  # no introspectable signature: the constructor checks its own arguments
+        return
+    try:
+        sig.bind(**term.args)
+    except TypeError as err:
+        listed = OVERRIDE_SYNTAX.replace("pkg.mod:Obj", term.name)
+        how = f"{key}.args.KEY=VALUE or {listed.replace('reward.terms', key.rsplit('.', 1)[0])}" if key else listed
+        raise ValueError(
+            f"reward {term.name!r}: {err} (got args {dict(term.args)}); it accepts: {_accepted(sig)}. Set them "
+            f"with {how}."
+        ) from None
+
+
+def required_weights(term: RewardTermConfig) -> list[WeightFile]:
+    """The weight files and folders reward ``term`` will load, from its (or its builder's) ``required_weights``
+    hook called with ``term.args``; empty for rewards without the hook (they need no files, or do not say)."""
+    obj = REWARDS.resolve(term.name)
+    hook = getattr(obj, "required_weights", None)
+    return list(hook(**term.args)) if callable(hook) else []
+
+
+def build_reward_term(term: RewardTermConfig, key: str | None = None) -> RewardFn:
+    """Builds one reward from a registry name or a dotted import path (class or function).
+
+    Args:
+        term: The reward term.
+        key: Its config entry (``reward.terms.0``), for error messages.
+
+    Raises:
+        ValueError: Unknown reward or arguments (:func:`check_reward_args`).
+    """
+    check_reward_args(term, key)
+    obj = REWARDS.resolve(term.name)  # an import path, or an error listing the registered rewards
+    if term.name in REWARDS or isinstance(obj, type):
+        return obj(**term.args)
+    if callable(obj):
         return _FunctionReward(obj, term.name.rsplit(":", 1)[-1].rsplit(".", 1)[-1])
     raise ValueError(f"reward {term.name!r} is neither a class nor a function.")
 
 
 def build_reward(cfg: RewardConfig) -> WeightedReward:
-    """Builds the (weighted) training reward described by ``cfg``."""
+    """Builds the (weighted) training reward described by ``cfg``; its calls check every term's scores
+    (:func:`~leapalign.rewards.base.check_scores`)."""
     return WeightedReward(
-        [(build_reward_term(t), t.weight) for t in cfg.terms],
+        [(build_reward_term(t, f"reward.terms.{i}"), t.weight) for i, t in enumerate(cfg.terms)],
         normalize=cfg.normalize,
         momentum=cfg.momentum,
         combine=cfg.combine,
@@ -118,11 +209,17 @@ def build_reward(cfg: RewardConfig) -> WeightedReward:
 
 
 __all__ = [
+    "OVERRIDE_SYNTAX",
     "REWARDS",
     "RewardConfig",
+    "RewardContractError",
     "RewardFn",
     "RewardTermConfig",
+    "WeightFile",
     "WeightedReward",
     "build_reward",
     "build_reward_term",
+    "check_reward_args",
+    "check_scores",
+    "required_weights",
 ]

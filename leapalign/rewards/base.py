@@ -1,4 +1,9 @@
-"""The reward contract: images in ``[0, 1]`` of shape ``(B, 3, H, W)`` plus prompts, to scores ``(B,)``."""
+"""The reward contract: images in ``[0, 1]`` of shape ``(B, 3, H, W)`` plus prompts, to scores ``(B,)``.
+
+Every score a reward returns goes through :func:`check_scores` (in :class:`WeightedReward`, the training reward, and
+in the evaluation runner), so a reward that breaks the contract fails at its first call with a message that names
+it and what it returned. Non-finite scores are not an error here: the trainer skips such steps and counts them.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +29,10 @@ class RewardFn(Protocol):
 
     name: str
     differentiable: bool
+
+    # Optional hook, not part of the protocol's required members: a reward class (or registered builder) may define
+    # ``required_weights(**args) -> list[leapalign.rewards.weights.WeightFile]``, called with the constructor's
+    # arguments, so that ``leapalign.preflight.check_inputs`` finds missing weight files before the model is built.
 
     def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         """Scores a batch.
@@ -89,9 +98,54 @@ class RewardConfig:
             raise ValueError(f"reward.combine={self.combine!r} is invalid; allowed: {', '.join(COMBINE_MODES)}.")
 
 
+class RewardContractError(ValueError):
+    """A reward returned something other than one floating-point score per image (with a gradient when it claims
+    to be differentiable and the images carry one)."""
+
+
+def check_scores(reward: RewardFn, scores: object, images: Tensor) -> Tensor:
+    """Checks what ``reward`` returned for ``images`` against the contract and returns it.
+
+    Checked: a ``torch.Tensor``, of shape ``(B,)``, floating point, and, when gradients are on, the images carry
+    one and the reward says ``differentiable = True``, attached to the graph. Values are not checked: a NaN score
+    is left to the trainer, which skips the step and counts it (``train.max_nan_steps``).
+
+    Raises:
+        RewardContractError: Naming the reward, what it returned and what it must return.
+    """
+    name = getattr(reward, "name", type(reward).__name__)
+    batch = images.shape[0]
+    if not isinstance(scores, Tensor):
+        raise RewardContractError(
+            f"reward {name!r} returned a {type(scores).__name__} ({str(scores)[:60]}); a reward must return a "
+            f"torch.Tensor of shape ({batch},), one float score per image."
+        )
+    if scores.shape != (batch,):
+        raise RewardContractError(
+            f"reward {name!r} returned shape {tuple(scores.shape)}; a reward must return one score per image, "
+            f"shape ({batch},) (e.g. scores.reshape({batch}) or .mean over the other dimensions)."
+        )
+    if not torch.is_floating_point(scores):
+        raise RewardContractError(
+            f"reward {name!r} returned a {scores.dtype} tensor; a reward must return floating-point scores "
+            f"(e.g. scores.float())."
+        )
+    needs_grad = torch.is_grad_enabled() and images.requires_grad and bool(getattr(reward, "differentiable", False))
+    if needs_grad and not scores.requires_grad:
+        raise RewardContractError(
+            f"reward {name!r} says differentiable=True but returned scores without a gradient (detached, computed "
+            f"under torch.no_grad or through numpy/PIL); keep the computation in torch on the input images, or set "
+            f"differentiable = False (then only the policy-gradient methods can train on it)."
+        )
+    return scores
+
+
 class WeightedReward:
     """A weighted sum of rewards, :math:`r = \\sum_i w_i n_i(r_i)`, or their minimum :math:`\\min_i w_i n_i(r_i)`
     (``combine="min"``); it remembers each term of the last call.
+
+    Every term's scores are checked by :func:`check_scores` (type, shape, dtype, gradient); non-finite scores pass
+    through to the trainer, which skips the step.
 
     ``n_i`` is the identity (``normalize="raw"``) or a :class:`~leapalign.rewards.normalize.RunningNormalizer`
     updated by every call (``normalize="running"``).
@@ -146,12 +200,7 @@ class WeightedReward:
         weighted: list[Tensor] = []
         self.last_terms = {}
         for i, (reward, weight) in enumerate(self.terms):
-            score = reward(images, prompts)
-            if score.shape != (images.shape[0],):
-                raise ValueError(
-                    f"reward {reward.name!r} returned shape {tuple(score.shape)}; a reward must return one score "
-                    f"per image, shape ({images.shape[0]},)."
-                )
+            score = check_scores(reward, reward(images, prompts), images)
             self.last_terms[self.keys[i]] = score.detach()
             if self.normalizers:
                 score = self.normalizers[i](score)

@@ -74,8 +74,9 @@ class ImageReward(LazyReward):
         except (RuntimeError, OSError) as err:
             raise FileNotFoundError(
                 f"ImageReward: cannot load {self.model_name!r} ({err}). Download ImageReward.pt and med_config.json "
-                f"from https://huggingface.co/THUDM/ImageReward and pass image_reward.model=/path/ImageReward.pt "
-                f"image_reward.med_config=/path/med_config.json."
+                f"from https://huggingface.co/THUDM/ImageReward and pass them as the reward's arguments: "
+                f'"reward.terms=[{{name: image_reward, args: {{model: /path/ImageReward.pt, '
+                f'med_config: /path/med_config.json}}}}]" (or the same under evaluation.rewards).'
             ) from err
 
     def _modules(self) -> list[nn.Module]:

@@ -1,7 +1,11 @@
 """Finding reward-model weights: a local file or folder (offline), a hub id (online or the hub cache), or the
 reward folder ``$LEAPALIGN_REWARD_DIR``.
 
-Every error names what to download, from where, and where to put it.
+Every error names what to download, from where, and where to put it, with the override that ``leapalign train``
+accepts (``"reward.terms=[{name: hpsv2, args: {checkpoint: /path/HPS_v2.1_compressed.pt}}]"``).
+
+:class:`WeightFile` and :func:`find_weights` check, without loading anything or using the network, that the weights
+a reward declares are there (``leapalign.preflight``).
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +33,34 @@ def _looks_local(spec: str) -> bool:
     return spec.startswith(("/", ".", "~")) or spec.count("/") > 1 or "\\" in spec
 
 
+def override_hint(arg: str, value: str) -> str:
+    """The ``leapalign train`` override that sets reward argument ``arg`` (``hpsv2.checkpoint``: reward ``hpsv2``,
+    argument ``checkpoint``) to ``value``, e.g. ``"reward.terms=[{name: hpsv2, args: {checkpoint: /w.pt}}]"``."""
+    reward, sep, key = arg.partition(".")
+    if not sep:
+        return f"{arg}={value}"
+    return f'"reward.terms=[{{name: {reward}, args: {{{key}: {value}}}}}]" (evaluation.rewards takes the same list)'
+
+
 def check_local(spec: str | None, *, what: str, arg: str) -> None:
     """Fails at construction (before any model is built) when ``spec`` is a local path that does not exist.
 
     Hub ids and ``None`` pass; they are resolved when the weights load.
     """
     if spec is not None and _looks_local(spec) and not Path(spec).expanduser().exists():
-        raise FileNotFoundError(f"{what}: {spec} does not exist; fix the reward argument {arg} (see docs/rewards.md).")
+        raise FileNotFoundError(
+            f"{what}: {spec} does not exist; fix the reward argument, e.g. {override_hint(arg, '/path')} "
+            f"(see docs/rewards.md)."
+        )
+
+
+def _hub_source(spec: str | None, repo_id: str | None) -> str | None:
+    """The hub repository a single file is fetched from: ``repo_id`` by default, ``spec`` when it is a hub id."""
+    if spec is None:
+        return repo_id
+    if _looks_local(spec) or spec.endswith((".pt", ".pth", ".bin", ".safetensors")):
+        return None
+    return spec
 
 
 def resolve_file(
@@ -70,16 +96,14 @@ def resolve_file(
         if path.is_dir():
             if (path / filename).is_file():
                 return path / filename
-            raise FileNotFoundError(f"{what}: folder {path} has no {filename}; put the file there or pass {arg}=FILE.")
+            raise FileNotFoundError(
+                f"{what}: folder {path} has no {filename}; put the file there or pass it: "
+                f"{override_hint(arg, '/path/to/' + filename)}."
+            )
     folder = reward_dir()
     if spec is None and folder is not None and (folder / filename).is_file():
         return folder / filename
-    if spec is None:
-        hub = repo_id
-    elif _looks_local(spec) or spec.endswith((".pt", ".pth", ".bin", ".safetensors")):
-        hub = None
-    else:
-        hub = spec
+    hub = _hub_source(spec, repo_id)
     if hub is not None:
         try:
             from huggingface_hub import hf_hub_download
@@ -91,7 +115,7 @@ def resolve_file(
     where = f"${REWARD_DIR_ENV}/{filename}" if folder is None else str(folder / filename)
     raise FileNotFoundError(
         f"{what}: weights file {filename} not found (looked for {spec or 'the default'}). Download it from {source} "
-        f"and either pass the reward argument {arg}=/path/to/{filename} or put it at {where}."
+        f"and either pass it as {override_hint(arg, '/path/to/' + filename)} or put it at {where}."
     )
 
 
@@ -113,13 +137,113 @@ def load_pretrained(
     if path.exists():
         return loader(str(path))
     if _looks_local(spec):
-        raise FileNotFoundError(f"{what}: folder {spec} does not exist; pass {arg}=FOLDER with the model files.")
+        raise FileNotFoundError(
+            f"{what}: folder {spec} does not exist; pass the folder with the model files: "
+            f"{override_hint(arg, 'FOLDER')}."
+        )
     try:
         return loader(spec)
     except OSError as err:
         name = spec.rstrip("/").split("/")[-1]
         raise FileNotFoundError(
             f"{what}: cannot load {spec!r} ({str(err).splitlines()[0]}). Without network, download it once "
-            f"elsewhere with `hf download {spec} --local-dir {name}`, then pass {arg}=/path/to/{name} or put the "
-            f"folder at ${REWARD_DIR_ENV}/{name}."
+            f"elsewhere with `hf download {spec} --local-dir {name}`, then pass it as "
+            f"{override_hint(arg, '/path/to/' + name)} or put the folder at ${REWARD_DIR_ENV}/{name}."
         ) from err
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """Weights a reward loads, as it declares them for the checks before training (:func:`find_weights`).
+
+    Attributes:
+        arg: The reward argument that names them, e.g. ``checkpoint``.
+        spec: Its value (``None``: the default place).
+        what: What they are, for messages.
+        filename: The official name of a single file (found as :func:`resolve_file` does); ``None`` for a
+            ``from_pretrained`` folder or hub id (found as :func:`load_pretrained` does).
+        repo_id: The hub repository holding ``filename`` when ``spec`` is ``None``.
+        url: Where to download ``filename`` by hand, for messages.
+    """
+
+    arg: str
+    spec: str | None
+    what: str
+    filename: str | None = None
+    repo_id: str | None = None
+    url: str | None = None
+
+
+def _in_hub_cache(repo_id: str, filename: str | None) -> bool:
+    """Whether the hub cache holds ``filename`` of ``repo_id`` (any file of it when ``filename`` is ``None``)."""
+    try:
+        import huggingface_hub as hub
+
+        if filename is not None:
+            return isinstance(hub.try_to_load_from_cache(repo_id, filename), str)
+        return Path(hub.snapshot_download(repo_id, local_files_only=True)).is_dir()
+    except Exception as err:  # not cached, or an invalid id: either way not usable offline
+        logger.debug("%s is not in the hub cache: %s", repo_id, err)
+        return False
+
+
+def find_weights(need: WeightFile, offline: bool) -> str | None:
+    """Where the loader would find ``need``, without loading it or using the network.
+
+    Returns:
+        ``"local:PATH"``, ``"cache:REPO"`` (the hub cache), ``"hub:REPO"`` (not cached: downloaded at the first
+        load, only when ``offline`` is false), or ``None`` when the loader would fail.
+    """
+    folder = reward_dir()
+    if need.filename is not None:
+        if need.spec is not None:
+            path = Path(need.spec).expanduser()
+            if path.is_file():
+                return f"local:{path}"
+            if path.is_dir():
+                return f"local:{path / need.filename}" if (path / need.filename).is_file() else None
+        if need.spec is None and folder is not None and (folder / need.filename).is_file():
+            return f"local:{folder / need.filename}"
+        repo = _hub_source(need.spec, need.repo_id)
+    else:
+        if need.spec is None:
+            return None
+        path = Path(need.spec).expanduser()
+        named = folder / need.spec.rstrip("/").split("/")[-1] if folder is not None else None
+        if path.exists() or (named is not None and named.is_dir()):
+            return f"local:{path if path.exists() else named}"
+        repo = None if _looks_local(need.spec) else need.spec
+    if repo is None:
+        return None
+    if _in_hub_cache(repo, need.filename):
+        return f"cache:{repo}"
+    return None if offline else f"hub:{repo}"
+
+
+def missing_weights_message(need: WeightFile, reward: str, key: str, offline: bool) -> str:
+    """One line saying that ``need`` of reward ``reward`` (config entry ``key``, e.g. ``reward.terms.0``) is missing:
+    what to download, from where, and the override or folder that points at it."""
+    note = "offline (HF_HUB_OFFLINE), so nothing is downloaded"
+    env = f"${REWARD_DIR_ENV}" if reward_dir() is None else str(reward_dir())
+    if need.filename is not None:
+        source = need.url or (
+            f"https://huggingface.co/{need.repo_id}/blob/main/{need.filename}" if need.repo_id else "its release"
+        )
+        return (
+            f"reward {reward!r} ({key}): {need.what} weights file {need.filename} not found (looked for "
+            f"{need.spec or 'the default'}{'; ' + note if offline else ''}). Download it from {source}, then set "
+            f"{key}.args.{need.arg}=/path/to/{need.filename} or put it at {env}/{need.filename}."
+        )
+    spec = need.spec or ""
+    name = spec.rstrip("/").split("/")[-1] or need.arg
+    if _looks_local(spec):
+        return (
+            f"reward {reward!r} ({key}): {need.what} folder {spec} does not exist; set {key}.args.{need.arg}=FOLDER "
+            f"to a folder with the model files."
+        )
+    return (
+        f"reward {reward!r} ({key}): {need.what} {spec!r} is neither a local folder nor in the hub cache"
+        f"{' (' + note + ')' if offline else ''}. "
+        f"Download it with `hf download {spec} --local-dir {name}` where there is network, then set "
+        f"{key}.args.{need.arg}=/path/to/{name} or put the folder at {env}/{name}."
+    )

@@ -38,9 +38,11 @@ def test_prompt_files_in_every_format(tmp_path: Path) -> None:
     (tmp_path / "bad.jsonl").write_text('{"text": "no prompt key"}\n')
     with pytest.raises(ValueError, match="'prompt'"):
         load_prompt_set(str(tmp_path / "bad.jsonl"))
-    (tmp_path / "p.csv").write_text("prompt\na cat\n")
-    with pytest.raises(ValueError, match="unsupported prompt file type '.csv'"):
-        load_prompt_set(str(tmp_path / "p.csv"))
+    (tmp_path / "p.csv").write_text("prompt\na cat\n")  # the 'prompt' column, not the header
+    assert load_prompt_set(str(tmp_path / "p.csv")).prompts == ["a cat"]
+    (tmp_path / "p.xlsx").write_text("prompt\na cat\n")
+    with pytest.raises(ValueError, match="unsupported prompt file type '.xlsx'"):
+        load_prompt_set(str(tmp_path / "p.xlsx"))
 
 
 def test_balancing_by_a_metadata_tag(tmp_path: Path) -> None:

@@ -180,9 +180,14 @@ def test_missing_packages_and_files_say_what_to_do(tmp_path: Path, monkeypatch) 
     images = torch.rand(2, 3, 32, 32)
     with pytest.raises(ImportError, match="pip install image-reward"):
         build_reward_term(RewardTermConfig("image_reward"))(images, PROMPTS)
-    with pytest.raises(FileNotFoundError, match=r"nope\.pt does not exist.*hpsv2\.checkpoint"):
+    # the hint is an override that `leapalign train` accepts, not the rejected `hpsv2.checkpoint=...`
+    with pytest.raises(
+        FileNotFoundError, match=r"nope\.pt does not exist.*reward\.terms=\[\{name: hpsv2, args: \{checkpoint: "
+    ):
         HPSv2(checkpoint=str(tmp_path / "nope.pt"))  # fails at construction, before any model is built
-    with pytest.raises(FileNotFoundError, match=r"has no HPS_v2\.1_compressed\.pt.*hpsv2\.checkpoint"):
+    with pytest.raises(
+        FileNotFoundError, match=r"has no HPS_v2\.1_compressed\.pt.*\{name: hpsv2, args: \{checkpoint: "
+    ):
         HPSv2(checkpoint=str(tmp_path))(images, PROMPTS)
     monkeypatch.delenv(REWARD_DIR_ENV, raising=False)
     with pytest.raises(FileNotFoundError, match=rf"xswu/HPSv2.*\${REWARD_DIR_ENV}/HPS_v2_compressed\.pt"):

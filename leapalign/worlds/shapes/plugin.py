@@ -11,146 +11,58 @@ library's public registries, as a third-party package would (entry point ``leapa
 prompt sets            ``shapes:train``, ``shapes:eval`` (GenEval-style metadata with a ``tag`` each)
 ``replay_source``      ``shapes:train``: scenes of the training prompts rendered on the fly
 =====================  =============================================================================
+
+This module imports nothing heavy: it declares each entry by the import path of its object in
+:mod:`leapalign.worlds.shapes.builders`, with its description, so loading the plugin (which every ``leapalign
+list`` does) costs no torch import; the builders' module is imported the first time one of the names is used.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import importlib
+from typing import Any
 
-import torch
-from torch import Tensor
+from leapalign.registry import EVALUATORS, MODELS, PROMPT_SETS, REPLAY_SOURCES, REWARDS
 
-from leapalign.data import PROMPT_SETS
-from leapalign.eval import EVALUATORS
-from leapalign.eval.stats import category_accuracy
-from leapalign.models import MODELS, ModelConfig
-from leapalign.regularizers import REPLAY_SOURCES
-from leapalign.rewards import REWARDS
-from leapalign.rewards.base import RewardFn
-from leapalign.worlds.shapes.prompts import CATEGORIES, by_category, load_metadata, metadata_by_prompt
-from leapalign.worlds.shapes.scenes import SHAPES
-
-
-class ShapesEvaluator:
-    """ShapesEval behind the library's :class:`~leapalign.eval.evaluators.Evaluator` protocol.
-
-    Each image gets 1.0 when every object of its prompt's metadata is found with the right shape, colour, count
-    and relation (and nothing it excludes), else 0.0; the summary is the accuracy per GenEval category and
-    ``overall``, their mean.
-    """
-
-    name = "shapes_eval"
-
-    def check(self, entries: Sequence[dict]) -> None:
-        for i, entry in enumerate(entries):
-            objects = entry.get("include", []) + entry.get("exclude", [])
-            if entry.get("tag") not in CATEGORIES or not objects or any(o.get("class") not in SHAPES for o in objects):
-                raise ValueError(
-                    f"shapes_eval judges ShapesWorld prompts only, and prompt {i} ({entry['prompt'][:50]!r}) carries "
-                    f"no ShapesWorld metadata (a tag in {', '.join(CATEGORIES)} and include/exclude objects among "
-                    f"{', '.join(SHAPES)}); evaluate on shapes:eval or shapes:train, or drop evaluation.evaluators."
-                )
-
-    def __call__(self, images: Tensor, entries: Sequence[dict]) -> list[float]:
-        from leapalign.worlds.shapes.evaluator import evaluate
-
-        return [float(ok) for ok in evaluate(images, list(entries)).correct]
-
-    def summarize(self, values: Sequence[float], entries: Sequence[dict]) -> dict[str, float]:
-        return category_accuracy(values, [str(e.get("tag")) for e in entries], CATEGORIES)
-
-
-class ShapesReplay:
-    """Rendered ShapesWorld training scenes, category-balanced, a deterministic function of ``(seed, index)``.
-
-    Args:
-        seed: Seed of the scenes (offset from the pretraining seeds so the draws are new).
-        batch_size: Scenes per call.
-        height: Must be the world's resolution (32).
-        width: Likewise.
-    """
-
-    def __init__(self, seed: int, batch_size: int, height: int = 32, width: int = 32) -> None:
-        from leapalign.worlds.shapes.model import RESOLUTION
-
-        if (height, width) != (RESOLUTION, RESOLUTION):
-            raise ValueError(
-                f"train.replay_source=shapes:train renders {RESOLUTION}x{RESOLUTION} scenes, but the sampler is "
-                f"{height}x{width}; set sampler.height=sampler.width={RESOLUTION}."
-            )
-        self.seed, self.batch_size = 10_000 + seed, batch_size
-        self.records = by_category(load_metadata("train"))
-
-    def batch(self, index: int) -> tuple[list[str], Tensor]:
-        """Prompts and images ``(B, 3, 32, 32)`` in ``[0, 1]`` of draw ``index``."""
-        from leapalign.worlds.shapes.pretrain import make_batch
-
-        return make_batch(self.records, self.seed, index, self.batch_size)
-
-
-class ShapesEvalReward:
-    """ShapesEval as a (non-differentiable) training reward: 1.0 for an image the exact evaluator accepts, else
-    0.0, the analogue of Flow-GRPO's GenEval reward. A prompt is judged by its ShapesWorld metadata, looked up by
-    its text among the training and held-out prompts; the policy-gradient methods can train on it."""
-
-    name = "shapes_eval"
-    differentiable = False
-
-    def __init__(self) -> None:
-        self.metadata = metadata_by_prompt()
-
-    def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
-        from leapalign.worlds.shapes.evaluator import evaluate
-
-        unknown = [p for p in prompts if p not in self.metadata]
-        if unknown:
-            raise ValueError(f"reward shapes_eval judges ShapesWorld prompts only; unknown prompt {unknown[0]!r}.")
-        correct = evaluate(images.detach().float().cpu(), [self.metadata[p] for p in prompts]).correct
-        return torch.tensor([float(ok) for ok in correct], device=images.device)
-
-
-def _shapes_model(cfg: ModelConfig):  # -> FluxAdapter
-    from leapalign.worlds.shapes.model import build_shapes_model
-
-    return build_shapes_model(cfg)
-
-
-def _shapes_score(**kwargs) -> RewardFn:
-    from leapalign.worlds.shapes.score import ShapesScore
-
-    return ShapesScore(**kwargs)
-
-
-def _shapes_layout(**kwargs) -> RewardFn:
-    from leapalign.worlds.shapes.layout import ShapesLayout
-
-    return ShapesLayout(**kwargs)
+BUILDERS = "leapalign.worlds.shapes.builders"
+_MOVED = ("ShapesEvaluator", "ShapesReplay", "ShapesEvalReward")  # once defined here; still importable from here
 
 
 def register() -> None:
     """Registers everything ShapesWorld offers (called once, through the ``leapalign.plugins`` entry point)."""
-    MODELS.register("shapes", _shapes_model, "ShapesWorld's shipped 32x32 Flux-architecture base model (CPU)")
+    MODELS.register(
+        "shapes", f"{BUILDERS}:shapes_model", "ShapesWorld's shipped 32x32 Flux-architecture base model (CPU)"
+    )
     REWARDS.register(
         "shapes_score",
-        _shapes_score,
+        f"{BUILDERS}:shapes_score",
         "ShapesWorld's learned CLIP-style reward (shipped weights; args: path); cosine similarity in [-1, 1]",
     )
     REWARDS.register(
         "shapes_layout",
-        _shapes_layout,
+        f"{BUILDERS}:shapes_layout",
         "ShapesWorld's layout reward: soft GenEval rules (presence, counts, colours, relations) on a learned "
         "perception (shipped weights; args: path); in [0, 1], differentiable",
     )
     REWARDS.register(
         "shapes_eval",
-        ShapesEvalReward,
+        f"{BUILDERS}:ShapesEvalReward",
         "ShapesEval as a reward: 1 if the exact evaluator accepts the image, else 0; NOT differentiable",
     )
-    EVALUATORS.register("shapes_eval", ShapesEvaluator, "ShapesWorld's exact GenEval-style evaluator")
+    EVALUATORS.register("shapes_eval", f"{BUILDERS}:ShapesEvaluator", "ShapesWorld's exact GenEval-style evaluator")
     for split in ("train", "eval"):
         PROMPT_SETS.register(
             f"shapes:{split}",
-            lambda split=split: load_metadata(split),
+            f"{BUILDERS}:{split}_prompts",
             f"ShapesWorld's {split} prompts with GenEval-style metadata (tag, include, exclude)",
         )
-    REPLAY_SOURCES.register("shapes:train", ShapesReplay, "ShapesWorld scenes of the training prompts, rendered")
+    REPLAY_SOURCES.register(
+        "shapes:train", f"{BUILDERS}:ShapesReplay", "ShapesWorld scenes of the training prompts, rendered"
+    )
+
+
+def __getattr__(name: str) -> Any:
+    """The classes that moved to :mod:`leapalign.worlds.shapes.builders`, imported from there on first use."""
+    if name in _MOVED:
+        return getattr(importlib.import_module(BUILDERS), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
