@@ -72,7 +72,11 @@ def _sd3(cfg: ModelConfig) -> SD3Adapter:
 def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> FlowModel:
     """Builds the configured model, prepares it for training (LoRA or full) and moves it to ``device``.
 
-    The builder comes from :data:`MODELS` (``cfg.name``: a registered name or an import path).
+    The builder comes from :data:`MODELS` (``cfg.name``: a registered name or an import path). Under FSDP with
+    RAM-efficient loading (``fsdp_cpu_ram_efficient_loading: true``, as leapalign/accelerate/fsdp.yaml), the
+    ``flux`` and ``sd3`` transformers hold real weights on rank 0 only (on the CPU) and are on the meta device, LoRA
+    adapters included, on the other ranks; they stay there (``transformer_placed_by_fsdp``) until
+    ``accelerator.prepare`` moves, fills from rank 0 and shards them, while the frozen parts go to ``device``.
 
     Args:
         cfg: The ``model.*`` configuration.
@@ -83,5 +87,10 @@ def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> FlowMod
     """
     model = MODELS.resolve(cfg.name)(cfg)
     prepare_for_training(model, cfg)
-    logger.info("built model %s (finetune=%s) on %s", cfg.name, cfg.finetune, device)
+    where = (
+        "frozen parts on %s, transformer left for FSDP"
+        if getattr(model, "transformer_placed_by_fsdp", False)
+        else "on %s"
+    )
+    logger.info("built model %s (finetune=%s) " + where, cfg.name, cfg.finetune, device)
     return model.to(device)

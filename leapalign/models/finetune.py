@@ -78,7 +78,9 @@ def prepare_for_training(model: Any, cfg: ModelConfig) -> Any:
 
     LoRA: ``transformer.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
     init_lora_weights="gaussian", target_modules=cfg.lora_targets))``, initialised from ``cfg.seed`` (the
-    global RNG is left untouched) and upcast to float32. Full: every transformer parameter, in float32.
+    global RNG is left untouched) and upcast to float32. Full: every transformer parameter, in float32. A transformer
+    on the meta device (ranks > 0 under FSDP's RAM-efficient loading) stays there, adapters included: the casts and
+    the initialisation allocate nothing, and FSDP later fills every tensor from rank 0.
 
     Args:
         model: A flow-model adapter (``FluxAdapter`` or ``SD3Adapter``).

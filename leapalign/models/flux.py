@@ -25,7 +25,13 @@ from torch import Tensor, nn
 
 from leapalign.flow.schedule import flux_sigmas
 from leapalign.models.base import Conditioning, check_resolution
-from leapalign.models.common import TransformerPlumbing, vae_decode, vae_encode
+from leapalign.models.common import (
+    TransformerPlumbing,
+    fsdp_ram_efficient_loading,
+    load_transformer,
+    vae_decode,
+    vae_encode,
+)
 from leapalign.models.config import ModelConfig
 from leapalign.models.finetune import cast_module, unwrap_model, weight_dtypes
 from leapalign.models.hub import explain_load_errors
@@ -290,8 +296,9 @@ class FluxAdapter(TransformerPlumbing):
 
     # -------------------------------------------------------------------------------------------- plumbing
     def to(self, device: torch.device | str) -> FluxAdapter:
-        """Moves transformer, VAE, text encoders and cached embeddings to ``device``."""
-        unwrap_model(self.transformer).to(device)
+        """Moves transformer (unless FSDP places it: ``transformer_placed_by_fsdp``), VAE, text encoders and
+        cached embeddings to ``device``."""
+        self.move_transformer(device)
         if self.vae is not None:
             self.vae.to(device)
         self.prompt_cache.to(device)
@@ -322,6 +329,10 @@ class FluxAdapter(TransformerPlumbing):
     def from_pretrained(cls, path: str | Path, cfg: ModelConfig) -> FluxAdapter:
         """Loads the components of a diffusers FLUX.1 pipeline folder (local directory or hub id) one by one.
 
+        Under FSDP's RAM-efficient loading, ranks > 0 build the transformer on the meta device and only rank 0
+        reads its weights (:func:`~leapalign.models.common.load_transformer`); the frozen VAE and text encoders,
+        which FSDP does not shard, load on every rank.
+
         Args:
             path: Pipeline folder with ``transformer``, ``vae``, ``text_encoder``, ``tokenizer``,
                 ``text_encoder_2``, ``tokenizer_2`` and ``scheduler`` subfolders.
@@ -333,9 +344,7 @@ class FluxAdapter(TransformerPlumbing):
         frozen, transformer_dtype = weight_dtypes(cfg)
         with explain_load_errors(source):
             _check_scheduler(FlowMatchEulerDiscreteScheduler.load_config(source, subfolder="scheduler"))
-            transformer = FluxTransformer2DModel.from_pretrained(
-                source, subfolder="transformer", torch_dtype=transformer_dtype
-            )
+            transformer = load_transformer(FluxTransformer2DModel, source, transformer_dtype)
             vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=frozen)
             text = FluxTextEncoder(
                 CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=frozen),
@@ -344,7 +353,9 @@ class FluxAdapter(TransformerPlumbing):
                 AutoTokenizer.from_pretrained(source, subfolder="tokenizer_2"),
                 max_sequence_length=cfg.max_sequence_length,
             )
-        return cls(transformer, vae, text, guidance_scale=cfg.guidance_scale)
+        model = cls(transformer, vae, text, guidance_scale=cfg.guidance_scale)
+        model.transformer_placed_by_fsdp = fsdp_ram_efficient_loading()
+        return model
 
 
 def _check_scheduler(config: Any) -> None:

@@ -23,7 +23,13 @@ from torch import Tensor, nn
 
 from leapalign.flow.schedule import sd3_sigmas
 from leapalign.models.base import Conditioning, check_resolution
-from leapalign.models.common import TransformerPlumbing, vae_decode, vae_encode
+from leapalign.models.common import (
+    TransformerPlumbing,
+    fsdp_ram_efficient_loading,
+    load_transformer,
+    vae_decode,
+    vae_encode,
+)
 from leapalign.models.config import ModelConfig
 from leapalign.models.finetune import cast_module, unwrap_model, weight_dtypes
 from leapalign.models.flux import broadcast_sigma, check_pretrained_path
@@ -152,8 +158,9 @@ class SD3Adapter(TransformerPlumbing):
         return vae_encode(self.vae, images, self.scaling_factor, self.shift_factor)
 
     def to(self, device: torch.device | str) -> SD3Adapter:
-        """Moves transformer, VAE, text encoders and cached embeddings to ``device``."""
-        unwrap_model(self.transformer).to(device)
+        """Moves transformer (unless FSDP places it: ``transformer_placed_by_fsdp``), VAE, text encoders and
+        cached embeddings to ``device``."""
+        self.move_transformer(device)
         self.vae.to(device)
         self.prompt_cache.to(device)
         return self
@@ -185,6 +192,10 @@ class SD3Adapter(TransformerPlumbing):
     def from_pretrained(cls, path: str | Path, cfg: ModelConfig) -> SD3Adapter:
         """Loads the components of a diffusers SD3 / SD3.5 pipeline folder (local dir or hub id) one by one.
 
+        Under FSDP's RAM-efficient loading, ranks > 0 build the transformer on the meta device and only rank 0
+        reads its weights (:func:`~leapalign.models.common.load_transformer`); the frozen VAE and text encoders,
+        which FSDP does not shard, load on every rank.
+
         Args:
             path: Pipeline folder with ``transformer``, ``vae``, ``text_encoder``/``_2``/``_3``,
                 ``tokenizer``/``_2``/``_3`` and ``scheduler`` subfolders (``text_encoder_3`` may be absent).
@@ -196,9 +207,7 @@ class SD3Adapter(TransformerPlumbing):
         frozen, transformer_dtype = weight_dtypes(cfg)
         with explain_load_errors(source):
             settings = _scheduler_settings(FlowMatchEulerDiscreteScheduler.load_config(source, subfolder="scheduler"))
-            transformer = SD3Transformer2DModel.from_pretrained(
-                source, subfolder="transformer", torch_dtype=transformer_dtype
-            )
+            transformer = load_transformer(SD3Transformer2DModel, source, transformer_dtype)
             vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=frozen)
             has_t5 = not Path(source).is_dir() or (Path(source) / "text_encoder_3").is_dir()
             text = SD3TextEncoder(
@@ -211,7 +220,9 @@ class SD3Adapter(TransformerPlumbing):
                 max_sequence_length=_sd3_max_length(cfg),
                 joint_attention_dim=transformer.config.joint_attention_dim,
             )
-        return cls(transformer, vae, text, guidance_scale=cfg.guidance_scale, **settings)
+        model = cls(transformer, vae, text, guidance_scale=cfg.guidance_scale, **settings)
+        model.transformer_placed_by_fsdp = fsdp_ram_efficient_loading()
+        return model
 
 
 def _sd3_max_length(cfg: ModelConfig) -> int:
