@@ -116,6 +116,26 @@ def equal_wallclock(
     return budget, lines
 
 
+def _cores(record: dict[str, Any]) -> int:
+    return int((record.get("machine") or {}).get("logical_cpus") or record.get("threads") or 1)
+
+
+def load_note(own: Sequence[dict[str, Any]]) -> list[str]:
+    """A paragraph on how many cells ran with other work sharing the CPU (their timings are slower)."""
+    threads = sorted({r.get("threads") for r in own if r.get("threads") is not None})
+    loaded = [r for r in own if r.get("load_avg") and r["load_avg"][1] > _cores(r) + 0.5]
+    timed = [r for r in own if r.get("load_avg")]
+    if not threads:
+        return []
+    return [
+        f"Timing: {len(own)} cells ran here with {', '.join(map(str, threads))} torch thread(s) each; "
+        f"{len(loaded)} of the {len(timed)} that recorded the load average finished on an oversubscribed CPU",
+        "(5-minute load above the machine's cores + 0.5: more work than cores): their s / iter and training seconds",
+        "are slower than the machine's, which blurs the equal-wall-clock comparison; iteration counts are exact.",
+        "",
+    ]
+
+
 def methods_section(study: Study, assets: Path) -> Section:
     """The method comparison of one study: table, equal wall-clock, proxy versus gold and figures."""
     base, trained, _ = study.load()
@@ -135,6 +155,7 @@ def methods_section(study: Study, assets: Path) -> Section:
         "The training reward is each method's own batch reward (ReFL and DRTune score one-step estimates, so",
         "theirs is not comparable with the others'). Seconds per iteration exclude evaluation.",
         "",
+        *load_note(trained),
         *methods_table(study, trained, base),
         "",
     ]
@@ -174,18 +195,7 @@ def ablations_section(study: Study) -> Section:
         return s
     s.lines += ["Mean ± half-width of the 95% t-interval over seeds; variants equal to the default LeapAlign reuse its"]
     s.lines += ["records (`reused_from`).", ""]
-    own = [r for r in ablations if "reused_from" not in r]
-    threads = sorted({r.get("threads") for r in own if r.get("threads") is not None})
-    loaded = [r for r in own if r.get("load_avg") and r["load_avg"][1] > r["threads"] + 0.5]
-    timed = [r for r in own if r.get("load_avg")]
-    if threads:
-        s.lines += [
-            f"Timing: {len(own)} cells ran here with {', '.join(map(str, threads))} torch thread(s) each; "
-            f"{len(loaded)} of the {len(timed)} that recorded the load average finished with other work sharing the",
-            "CPU (5-minute load above the cell's threads + 0.5). Their s / iter are slower than the machine's; the",
-            "method comparison's timings are the reference.",
-            "",
-        ]
+    s.lines += load_note([r for r in ablations if "reused_from" not in r])
     cols = ((study.get_reward, 3), (overall, 3), (category("position"), 3), (category("counting"), 3))
     cols += ((diversity, 3), (speed, 2))
     for group in dict.fromkeys(r["group"] for r in ablations):
