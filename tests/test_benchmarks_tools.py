@@ -153,3 +153,20 @@ def test_report_states_the_layout_claims_with_p_values_and_changes_against_the_b
     assert "position 0.260 ± 0.025" in gain and "excludes 0 upward for position" in gain
     assert any("equal wall-clock (100 s" in line and "leapalign higher than refl" in line for line in lines)
     assert "not yet run" in lines[-1] and "--suite ablations" in lines[-1]
+
+
+def test_the_readme_verdict_table_gives_each_rivals_verdicts_and_p_values() -> None:
+    from benchmarks.report_claims import verdict_table
+
+    keys = ("overall", "single_object", "two_object", "counting", "colors", "color_attr")
+
+    def cell(variant: str, seed: int, position: float) -> dict:
+        return {"variant": variant, "seed": seed, "shapes_eval": {**{k: 0.5 for k in keys}, "position": position}}
+
+    records = [cell("leapalign", s, 0.30 + 0.01 * s) for s in range(3)] + [
+        cell("refl", s, 0.1 + 0.01 * s) for s in range(3)
+    ]
+    lines = verdict_table(records)
+    refl = next(line for line in lines if line.startswith("| ReFL |"))
+    assert refl.startswith("| ReFL | 3, 3 | higher (p = 0.00) | no significant difference")
+    assert next(line for line in lines if line.startswith("| DRTune |")).count("not yet run") == 3
