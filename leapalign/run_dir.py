@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import socket
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from filelock import FileLock, Timeout
 from omegaconf import OmegaConf
 
 from leapalign.config import ConfigError, ExperimentConfig, to_yaml
+from leapalign.eval.store import remove_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -85,12 +85,7 @@ def claim(run_dir: Path, resume: bool, overwrite: bool) -> None:
                 f"run.output_dir={str(run_dir)!r} already holds a run. Continue it with --resume "
                 f"(run.resume=true), replace it with run.overwrite=true, or choose another run.output_dir."
             )
-        for name in RUN_OUTPUTS:
-            path = run_dir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+        remove_outputs(run_dir, RUN_OUTPUTS)
         logger.info("run.overwrite: removed the earlier run in %s", run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 

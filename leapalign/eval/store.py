@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +65,9 @@ def weights_fingerprint(path: Path) -> dict[str, Any]:
     }
 
 
-def _clear(root: Path) -> None:
-    for name in OUTPUTS:
+def remove_outputs(root: Path, names: Iterable[str] = OUTPUTS) -> None:
+    """Deletes the files and folders ``names`` under ``root`` (those that exist)."""
+    for name in names:
         target = root / name
         if target.is_dir():
             shutil.rmtree(target)
@@ -127,7 +128,7 @@ class EvalStore:
         self.root = Path(root)
         self.settings = json.loads(json.dumps(settings))  # plain JSON types, as they are read back
         if overwrite:
-            _clear(self.root)
+            remove_outputs(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / "settings.json"
         if path.is_file():
@@ -140,7 +141,7 @@ class EvalStore:
                     self.root,
                     ", ".join(keys),
                 )
-                _clear(self.root)
+                remove_outputs(self.root)
             elif keys:
                 raise ValueError(
                     f"{self.root} holds an evaluation with other settings (differing: {', '.join(keys)}); resume "
