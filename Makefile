@@ -45,7 +45,7 @@ bench-ablations: setup ## the paper's Figure 4 ablations of LeapAlign -> benchma
 bench-cost: setup      ## seconds per iteration and peak memory vs T on the CPU -> benchmarks/results/cost.json
 	$(BENCH).cost
 
-bench-cost-gpu: setup  ## the same at FLUX.1-dev / SD3.5-Medium size on one H100/H200 -> results/cost_gpu.json
+bench-cost-gpu: setup  ## the same at full size (FLUX.2, Qwen-Image, Z-Image, FLUX.1, SD3.5), one H100/H200, <= 8 min -> results/cost_gpu.json
 	$(PY) -m benchmarks.cost_gpu
 
 bench-fidelity: setup  ## LeapAlign / ReFL / DRTune gradients vs full backprop -> results/grad_fidelity.json

@@ -50,6 +50,12 @@ LATER_DEFAULTS: dict[str, object] = {
     "evaluation.rewards": [],
     "evaluation.curve_images_per_prompt": None,  # proxy-versus-gold curves during training (issue 16)
     "evaluation.evaluators": [{"name": "shapes_eval", "args": {}}],
+    "model.text_encoder_device": None,  # issue 18
+}
+RENAMED_DEFAULTS: dict[str, tuple[object, object]] = {
+    # issue 18: a null model.lora_targets means the family's default; for the models of the studies that is the list
+    # every earlier config spelled out, so the hash sees the list
+    "model.lora_targets": (None, ["to_q", "to_k", "to_v", "to_out.0"]),
 }
 TOP_KEYS = {"base_config", "common", "evaluation", "seeds", "methods", "ablations"}
 
@@ -210,6 +216,11 @@ class Protocol:
             node = OmegaConf.select(cfg, section) if section else cfg
             if node is not None and key in node and node.get(key) == default:
                 node.pop(key)
+        for dotted, (new, old) in RENAMED_DEFAULTS.items():
+            section, _, key = dotted.rpartition(".")
+            node = OmegaConf.select(cfg, section) if section else cfg
+            if node is not None and key in node and node.get(key) == new:
+                node[key] = old
         if cell.is_base:  # the base evaluation does not depend on the training options
             for key in ("method", "train", "data", "reward"):
                 cfg.pop(key, None)

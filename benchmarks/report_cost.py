@@ -215,8 +215,10 @@ def cost_gpu_section(records: list[dict[str, Any]]) -> Section:
     if not records:
         s.lines += [
             "**Pending a GPU.** No GPU was available where these benchmarks were produced. On one H100 or H200:",
-            "`python -m benchmarks.cost_gpu` (FLUX.1-dev and SD3.5-Medium architectures with random weights, bf16,",
-            "LoRA and full fine-tuning, 512 and 1024 px; writes `benchmarks/results/cost_gpu.json`; the script's",
+            "`python -m benchmarks.cost_gpu` (FLUX.2 [dev], FLUX.2 [klein] 9B, Qwen-Image, Z-Image, FLUX.1-dev and",
+            "SD3.5-Medium architectures with random weights, bf16: LeapAlign and ReFL at 512 px, LoRA, and full",
+            "fine-tuning where it fits one GPU, sized to finish within 8 minutes; `--grid large` for every method,",
+            "both resolutions and FLUX.2 [klein] 4B; writes `benchmarks/results/cost_gpu.json`; the script's",
             "docstring lists what is real and what is a stand-in). `python -m benchmarks.cost_gpu --tiny --device",
             "cpu` runs the same code on tiny models (a test does).",
         ]

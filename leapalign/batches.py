@@ -6,7 +6,7 @@ import torch
 
 from leapalign.config import ExperimentConfig
 from leapalign.methods import Batch
-from leapalign.models.base import FlowModel
+from leapalign.models.base import FlowModel, noise_like_latents
 
 
 def generators(seed: int, rank: int, device: torch.device) -> dict[str, torch.Generator]:
@@ -24,8 +24,7 @@ def generators(seed: int, rank: int, device: torch.device) -> dict[str, torch.Ge
 def make_batch(model: FlowModel, prompts: list[str], cfg: ExperimentConfig, gens: dict[str, torch.Generator]) -> Batch:
     """Encodes prompts and draws the initial noise for one micro-batch."""
     h, w = cfg.sampler.height, cfg.sampler.width
-    shape = (len(prompts), *model.latent_shape(h, w))
-    noise = torch.randn(shape, generator=gens["noise"]).to(model.device)
+    noise = noise_like_latents(model, len(prompts), h, w, gens["noise"], model.device)  # as the pipeline draws it
     return Batch(
         prompts=prompts,
         cond=model.encode_prompts(prompts),

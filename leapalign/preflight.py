@@ -37,7 +37,7 @@ from pathlib import Path
 
 from leapalign.config import ExperimentConfig
 from leapalign.data.prompts import load_prompt_set
-from leapalign.models.flux import check_pretrained_path
+from leapalign.families import FAMILIES, check_pretrained_path
 from leapalign.models.hub import gated_hint, hub_offline, in_hub_cache
 from leapalign.rewards import check_reward_args, required_weights
 from leapalign.rewards.base import RewardTermConfig
@@ -45,11 +45,8 @@ from leapalign.rewards.weights import find_weights, missing_weights_message
 
 logger = logging.getLogger(__name__)
 
-PIPELINE_FOLDERS = {
-    "flux": ("scheduler", "transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"),
-    "sd3": ("scheduler", "transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"),
-}
-"""The subfolders that ``FluxAdapter.from_pretrained`` / ``SD3Adapter.from_pretrained`` read (SD3's T5 is optional)."""
+PIPELINE_FOLDERS = {name: family.folders for name, family in FAMILIES.items()}
+"""The subfolders each family's adapter reads from a pipeline folder (SD3's T5 is optional)."""
 
 
 def check_inputs(cfg: ExperimentConfig, *, offline: bool | None = None) -> None:
@@ -109,7 +106,8 @@ def check_rewards(cfg: ExperimentConfig, *, offline: bool) -> None:
 
 
 def check_model(cfg: ExperimentConfig, *, offline: bool) -> None:
-    """``model.path`` of the ``flux`` / ``sd3`` models: a complete pipeline folder or a hub id (cached, offline).
+    """``model.path`` of a family's real model (``leapalign models``): a complete pipeline folder of that family or
+    a hub id (cached, offline).
 
     Other models (the tiny ones, built in-process, and those of plugins, which define their own use of
     ``model.path``) are not checked.

@@ -267,6 +267,22 @@ MODELS.register(
     "flux", "leapalign.models:_flux", "FLUX.1 (dev layout) from model.path: a diffusers pipeline folder or hub id"
 )
 MODELS.register("sd3", "leapalign.models:_sd3", "SD3 / SD3.5 from model.path: a diffusers pipeline folder or hub id")
+for _name, _module, _builder, _what in (
+    ("flux2", "flux2", "flux2", "FLUX.2 [dev]"),
+    ("flux2-klein", "flux2", "flux2_klein", "FLUX.2 [klein] (4B / 9B, distilled or base)"),
+    ("qwen-image", "qwen_image", "qwen_image", "Qwen-Image"),
+    ("z-image", "z_image", "z_image", "Z-Image (Turbo or base)"),
+):
+    MODELS.register(
+        f"tiny-{_name}",
+        f"leapalign.models.{_module}:build_tiny_{_builder}",
+        f"random-init {_what}-architecture model built in-process (tests, CPU)",
+    )
+    MODELS.register(
+        _name,
+        f"leapalign.models.{_module}:build_{_builder}",
+        f"{_what} from model.path: a diffusers pipeline folder or hub id",
+    )
 
 REWARDS: Registry[Callable[..., Any]] = Registry("reward", "reward.terms[].name")
 """``reward.terms[].name`` -> ``builder(**args) -> RewardFn`` (re-exported as ``leapalign.rewards.REWARDS``)."""

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from leapalign.flow import sample
-from leapalign.models.base import FlowModel, check_resolution
+from leapalign.models.base import FlowModel, check_resolution, noise_like_latents
 
 
 @torch.no_grad()
@@ -24,7 +24,9 @@ def generate(
 ) -> Tensor:
     """Generates one image per (prompt, seed) pair with deterministic Euler sampling.
 
-    Each image's initial noise comes from its own seed, so results do not depend on the batch size.
+    Each image's initial noise comes from its own seed, so results do not depend on the batch size, and is drawn as
+    the model's diffusers pipeline draws it for ``generator=torch.Generator().manual_seed(seed)`` (see
+    :func:`~leapalign.models.base.noise_like_latents`): the same seed, steps and guidance give the pipeline's image.
 
     Args:
         model: The flow model.
@@ -41,17 +43,12 @@ def generate(
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt.")
     check_resolution(model, height, width)
-    shape = model.latent_shape(height, width)
     sigmas = model.sigmas(num_steps, height, width).to(model.device)
     out = []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
-        noise = torch.stack(
-            [
-                torch.randn(shape, generator=torch.Generator().manual_seed(int(s)))
-                for s in seeds[start : start + batch_size]
-            ]
-        ).to(model.device)
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds[start : start + batch_size]]
+        noise = noise_like_latents(model, len(chunk), height, width, gens, model.device)
         cond = model.encode_prompts(chunk)
         ro = sample(lambda x, s, c=cond: model.velocity(x, s, c), noise, sigmas)
         out.append(model.decode(ro.latent, height, width).float().cpu())

@@ -75,6 +75,42 @@ def test_cost_gpu_script_runs_tiny_on_cpu(tmp_path: Path) -> None:
     assert not grpo["oom"] and set(grpo["breakdown_sec"]) == {"collect", "update"}
 
 
+def test_cost_gpu_script_runs_every_new_family_tiny_on_cpu_within_its_time_limit(tmp_path: Path) -> None:
+    out = tmp_path / "cost_gpu.json"
+    archs = ("flux2-dev", "flux2-klein-9b", "qwen-image", "z-image")
+    run_module(
+        "benchmarks.cost_gpu", "--tiny", "--device", "cpu", "--archs", ",".join(archs), "--finetune", "lora",
+        "--resolutions", "64", "--methods", "leapalign", "--steps", "2", "--repeats", "1", "--out", str(out),
+    )  # fmt: skip
+    records = {r["model_size"]: r for r in json.loads(out.read_text())}
+    assert set(records) == set(archs)
+    for rec in records.values():  # each family's adapter, its LoRA targets and its text-encoder stand-in ran
+        assert not rec["oom"] and rec["sec_per_iter"] > 0 and rec["velocity_tflop"] > 0 and rec["cell_sec"] > 0
+        assert 0 < rec["trainable_params"] < rec["model_params"] and rec["method_config"]["name"] == "leapalign"
+    late = tmp_path / "late.json"
+    again = run_module(
+        "benchmarks.cost_gpu", "--tiny", "--device", "cpu", "--archs", "z-image", "--finetune", "full",
+        "--resolutions", "64", "--methods", "refl", "--steps", "2", "--max-minutes", "0.0001", "--out", str(late),
+    )  # fmt: skip
+    assert "1 cells not started (--max-minutes 0.0001)" in again.stdout and not late.exists()  # resumable
+
+
+def test_estimate_memory_covers_the_new_families_and_takes_an_architecture_directly(capsys) -> None:
+    from benchmarks.estimate_memory import estimate, main
+
+    main(["--arch", "z-image", "--finetune", "full", "--no-ema", "--json"])
+    (est,) = json.loads(capsys.readouterr().out)
+    assert est["arch"] == "z-image" and est["trained_params"] == est["transformer_params"] == 6_154_908_736
+    assert est["transformer_base"] == 4 * est["trained_params"] and est["ema"] == 0  # fp32 weights when full
+    main(["--arch", "flux2-dev", "--text-encoder-device", "cpu"])
+    text = capsys.readouterr().out
+    assert text.startswith("ESTIMATES") and "| flux2-dev | lora | 308,281,344 | 64.4 |" in text
+    assert "| 48.0 |" in text  # the 24B Mistral encoder in host memory, not on the GPU
+    flux2 = estimate("flux2/leapalign_lora")  # model.text_encoder_device: cpu
+    assert flux2.arch == "flux2-dev" and flux2.text_encoders_host > 47e9 and flux2.text_encoders_vae < 1e9
+    assert estimate("flux2-klein/leapalign").arch == "flux2-klein-9b"
+
+
 def test_grad_fidelity_matches_the_library_and_report_builds(tmp_path: Path) -> None:
     results = tmp_path / "results"
     out, plot = results / "grad_fidelity.json", tmp_path / "fidelity.png"

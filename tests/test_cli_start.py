@@ -39,7 +39,7 @@ def heavy_imports(*argv: str) -> list[str]:
 
 @pytest.mark.parametrize(
     "argv",
-    [["--help"], ["configs"], ["accelerate-config", "ddp_cpu"], ["eval", "--help"], ["rewards"], ["list"]],
+    [["--help"], ["configs"], ["accelerate-config", "ddp_cpu"], ["eval", "--help"], ["rewards"], ["list"], ["models"]],
 )
 def test_light_commands_import_no_torch(argv: list[str]) -> None:
     assert heavy_imports(*argv) == []

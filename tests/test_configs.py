@@ -33,7 +33,9 @@ def test_every_shipped_config_validates_and_round_trips(name: str, tmp_path: Pat
     assert load_config(str(tmp_path / "config.yaml")) == cfg
 
 
-@pytest.mark.parametrize("name", [n for n in SHIPPED if n.startswith(("flux/", "sd3/"))])
+@pytest.mark.parametrize(
+    "name", [n for n in SHIPPED if n.startswith(("flux/", "sd3/", "flux2/", "flux2-klein/", "qwen-image/", "z-image/"))]
+)
 def test_real_model_configs_evaluate_with_held_out_rewards(name: str) -> None:
     ev = load_config(name).evaluation
     train_reward = load_config(name).reward.terms[0].name

@@ -220,7 +220,9 @@ def test_gradient_accumulation_matches_the_larger_batch(tmp_path: Path) -> None:
         assert main(["train", "--config", "tiny/draft-k", f"run.output_dir={runs[name]}", *common, *extra]) == 0
     a = load_file(str(runs["big"] / "checkpoints/step_000001/trainable.safetensors"))
     b = load_file(str(runs["accum"] / "checkpoints/step_000001/trainable.safetensors"))
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    # Adam's first step is lr * g / (|g| + eps): an element whose gradient is near eps moves by a rounding-sized
+    # fraction of lr (1e-3) that differs between the two summation orders, so 1e-5 (1% of lr) is the bound
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
     # Adam's update hides a wrongly scaled gradient; the logged (pre-clipping) gradient norm does not.
     norms = [read_metrics(runs[n] / "metrics.jsonl")[0]["grad_norm"] for n in ("big", "accum")]
     assert norms[0] == pytest.approx(norms[1], rel=1e-5)

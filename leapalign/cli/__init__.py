@@ -159,6 +159,25 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    from leapalign.families import FAMILIES, memory_table  # data only: no torch
+
+    for family in FAMILIES.values():
+        print(f"{family.name}  ({family.title}; tiny twin: {family.tiny})")
+        hub = ", ".join(family.hub_ids)
+        print(f"  weights        model.path: a {family.pipelines[0]} folder or a hub id ({hub})")
+        print(f"  text encoder   {family.text_encoder}")
+        print(f"  guidance       model.guidance_scale: {family.guidance}")
+        print(f"  resolution     height and width multiples of {family.resolution_multiple} px")
+        for line in memory_table(family):
+            print(f"  {line}")
+    print("\nMemory: ESTIMATES from parameter counts (bf16 frozen weights; float32 trained weights, gradients, AdamW")
+    print("moments and EMA), plus activations of LeapAlign's two forward passes with gradient checkpointing, batch 1.")
+    print("Full fine-tuning under FSDP divides the trained state by the number of GPUs. Measured figures, where a GPU")
+    print("was lent: docs/models.md.")
+    return 0
+
+
 def _cmd_rewards(args: argparse.Namespace) -> int:
     from leapalign.registry import REWARDS  # the registry alone: no torch (leapalign.rewards imports it)
 
@@ -253,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("configs", help="list the shipped configs")
     p.set_defaults(func=_cmd_configs)
+    p = sub.add_parser("models", help="list the supported model families: weights, text encoder, guidance, memory")
+    p.set_defaults(func=_cmd_models)
     p = sub.add_parser("rewards", help="list the available rewards")
     p.set_defaults(func=_cmd_rewards)
     p = sub.add_parser("list", help="list what is registered: models, rewards, evaluators, prompt sets, replay sources")

@@ -8,6 +8,7 @@ import logging
 
 import torch
 
+from leapalign.families import FAMILIES, Family, check_pretrained_path
 from leapalign.models.base import Conditioning, FlowModel, check_resolution, noise_like_latents
 from leapalign.models.config import ModelConfig
 from leapalign.models.finetune import (
@@ -17,7 +18,7 @@ from leapalign.models.finetune import (
     trainable_state_dict,
     unwrap_model,
 )
-from leapalign.models.flux import FluxAdapter, check_pretrained_path
+from leapalign.models.flux import FluxAdapter
 from leapalign.models.hub import explain_load_errors
 from leapalign.models.registry import MODELS
 from leapalign.models.sd3 import SD3Adapter
@@ -28,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "Conditioning",
+    "FAMILIES",
+    "Family",
     "FlowModel",
     "FluxAdapter",
     "FluxTextEncoder",
@@ -87,6 +90,14 @@ def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> FlowMod
     """
     model = MODELS.resolve(cfg.name)(cfg)
     prepare_for_training(model, cfg)
+    if cfg.text_encoder_device is not None:
+        cache = getattr(model, "prompt_cache", None)
+        if cache is None:
+            raise ValueError(
+                f"model.text_encoder_device is set but {type(model).__name__} has no prompt_cache to honour it; "
+                f"leave model.text_encoder_device unset for this model."
+            )
+        cache.encoder_device = cfg.text_encoder_device
     where = (
         "frozen parts on %s, transformer left for FSDP"
         if getattr(model, "transformer_placed_by_fsdp", False)

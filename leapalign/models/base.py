@@ -9,10 +9,12 @@ Time convention: ``sigma = 1`` is pure noise, ``sigma = 0`` is data, see :mod:`l
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor, nn
 
 
@@ -22,18 +24,24 @@ class Conditioning:
 
     Attributes:
         prompt_embeds: Token embeddings, shape ``(B, L, D)``.
-        pooled: Pooled embedding, shape ``(B, P)``.
+        pooled: Pooled embedding, shape ``(B, P)``, or ``None`` for models without one (FLUX.2, Qwen-Image,
+            Z-Image).
         negative_embeds: Token embeddings of the negative / empty prompt for true classifier-free
-            guidance, shape ``(B, L, D)``; ``None`` when the model does not use true CFG.
+            guidance, shape ``(B, L', D)``; ``None`` when the model does not use true CFG.
         negative_pooled: Pooled negative embedding, shape ``(B, P)``, or ``None``.
-        extras: Model-specific tensors (e.g. Flux ``txt_ids`` of shape ``(L, 3)``).
+        extras: Model-specific tensors without a batch dimension (e.g. Flux ``txt_ids`` of shape ``(L, 3)``).
+        mask: Which tokens of ``prompt_embeds`` are real (1) rather than padding (0), shape ``(B, L)``, for models
+            whose prompts have different lengths (Qwen-Image, Z-Image); ``None`` when every token counts.
+        negative_mask: The same for ``negative_embeds``, shape ``(B, L')``, or ``None``.
     """
 
     prompt_embeds: Tensor
-    pooled: Tensor
+    pooled: Tensor | None = None
     negative_embeds: Tensor | None = None
     negative_pooled: Tensor | None = None
     extras: dict[str, Tensor] = field(default_factory=dict)
+    mask: Tensor | None = None
+    negative_mask: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -46,12 +54,14 @@ class Conditioning:
             return None if t is None else t.repeat_interleave(n, dim=0)
 
         return Conditioning(
-            rep(self.prompt_embeds),
+            rep(self.prompt_embeds),  # type: ignore[arg-type]
             rep(self.pooled),
             rep(self.negative_embeds),
             rep(self.negative_pooled),
             dict(self.extras),
-        )  # type: ignore[arg-type]
+            rep(self.mask),
+            rep(self.negative_mask),
+        )
 
 
 @runtime_checkable
@@ -119,9 +129,46 @@ def check_resolution(model: FlowModel, height: int, width: int) -> None:
         )
 
 
+#: One generator for a whole batch, or one generator per image (the ``generator`` argument of diffusers pipelines).
+Generators = torch.Generator | Sequence[torch.Generator]
+
+
+def pipeline_randn(shape: tuple[int, ...], generator: Generators) -> Tensor:
+    """Float32 standard normal noise of ``shape`` drawn exactly as diffusers pipelines draw their initial latents.
+
+    Uses diffusers' ``randn_tensor`` on the generator's device: one generator fills the whole batch in one draw, a
+    list of ``shape[0]`` generators draws each image from its own generator (so an image does not depend on the
+    batch it is drawn in).
+    """
+    if isinstance(generator, torch.Generator):
+        return randn_tensor(shape, generator=generator, device=generator.device, dtype=torch.float32)
+    gens = list(generator)
+    if len(gens) != shape[0]:
+        raise ValueError(f"got {len(gens)} generators for a batch of {shape[0]}; give one generator or one per image.")
+    return randn_tensor(shape, generator=gens, device=gens[0].device, dtype=torch.float32)
+
+
 def noise_like_latents(
-    model: FlowModel, batch: int, height: int, width: int, generator: torch.Generator, device: torch.device
+    model: FlowModel, batch: int, height: int, width: int, generator: Generators, device: torch.device
 ) -> Tensor:
-    """Standard normal latents of shape ``(batch, *model.latent_shape(height, width))`` drawn from ``generator``."""
-    shape = (batch, *model.latent_shape(height, width))
-    return torch.randn(shape, generator=generator, device=generator.device).to(device)
+    """Initial noise of shape ``(batch, *model.latent_shape(height, width))``, on ``device``.
+
+    The same generator(s) give the same noise as the model's diffusers pipeline (``prepare_latents``): a model whose
+    pipeline draws in another layout than the model's latents (FLUX.1 draws unpacked ``(B, C, H/f, W/f)`` noise and
+    packs it) provides ``initial_noise(batch, height, width, generator)``; otherwise the noise is drawn directly in
+    the latent layout with :func:`pipeline_randn`.
+
+    Args:
+        model: The flow model.
+        batch: Number of images.
+        height: Image height in pixels.
+        width: Image width in pixels.
+        generator: One generator for the batch, or ``batch`` generators (one per image), as the pipelines take.
+        device: Device of the returned latents.
+    """
+    draw = getattr(model, "initial_noise", None)
+    if draw is not None:
+        noise = draw(batch, height, width, generator)
+    else:
+        noise = pipeline_randn((batch, *model.latent_shape(height, width)), generator)
+    return noise.to(device)

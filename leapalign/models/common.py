@@ -17,9 +17,12 @@ logger = logging.getLogger(__name__)
 
 
 class TransformerPlumbing:
-    """Parameter, dtype and device accessors of an adapter whose velocity network is ``self.transformer``."""
+    """Parameter, dtype and device accessors of an adapter whose velocity network is ``self.transformer``, with its
+    VAE in ``self.vae`` (``None`` in pixel space) and its text encoders behind ``self.prompt_cache``."""
 
     transformer: nn.Module
+    vae: nn.Module | None
+    prompt_cache: Any
     #: Set when the transformer was loaded for FSDP's RAM-efficient loading (:func:`fsdp_ram_efficient_loading`):
     #: ``to()`` then leaves it where loading put it (CPU on rank 0, the meta device elsewhere) for FSDP to move,
     #: fill from rank 0 and shard in ``accelerator.prepare``.
@@ -31,6 +34,16 @@ class TransformerPlumbing:
             logger.debug("transformer left on %s: FSDP moves and shards it in accelerator.prepare", self.device)
             return
         unwrap_model(self.transformer).to(device)
+
+    def to(self, device: torch.device | str) -> Any:
+        """Moves the transformer (unless FSDP places it: :attr:`transformer_placed_by_fsdp`), the VAE, the text
+        encoders and the cached embeddings (:class:`~leapalign.models.text.PromptCache`) to ``device``; returns
+        ``self``."""
+        self.move_transformer(device)
+        if self.vae is not None:
+            self.vae.to(device)
+        self.prompt_cache.to(device)
+        return self
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters of the transformer that require gradients."""

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from leapalign.families import FAMILIES
 from leapalign.models.registry import MODELS
 
 FINETUNE_MODES = ("lora", "full")
@@ -26,12 +27,22 @@ class ModelConfig:
         finetune: ``lora`` (peft adapters on the transformer) or ``full`` (every transformer weight).
         lora_rank: LoRA rank ``r``.
         lora_alpha: LoRA scaling numerator ``alpha`` (the update is scaled by ``alpha / r``).
-        lora_targets: Module names that receive LoRA adapters.
-        guidance_scale: Flux: embedded guidance value when the transformer has a guidance embedding, else true
-            CFG when > 1. SD3: true CFG scale (1 disables CFG).
+        lora_targets: Module names that receive LoRA adapters; ``None`` (the default) takes the family's own
+            (``default_lora_targets`` of its adapter: the attention projections for FLUX.1 and SD3, and the fused
+            projections of the single-stream blocks too where a family has them).
+        guidance_scale: The family's one guidance knob, with the meaning of its diffusers pipeline's argument
+            (``leapalign models`` lists them): FLUX.1 and FLUX.2 [dev] embed it (FLUX.1 without a guidance
+            embedding: true CFG when > 1); SD3, Qwen-Image (``true_cfg_scale``) and FLUX.2 [klein] base run true CFG
+            with the empty prompt when > 1, and distilled klein takes 1; Z-Image takes ``ZImagePipeline``'s
+            ``guidance_scale`` (0: no CFG, as Z-Image-Turbo).
         gradient_checkpointing: Checkpoint every transformer block (trades compute for activation memory).
         weights_dtype: dtype of the frozen parts (VAE, text encoders; the base weights under LoRA).
-        max_sequence_length: T5 token budget for Flux/SD3 prompts.
+        max_sequence_length: Text-token budget of a prompt (T5 tokens for FLUX.1 and SD3; the padded length for
+            FLUX.2; the most tokens kept for Qwen-Image and Z-Image, which trim each prompt to its real length).
+        text_encoder_device: ``cpu`` keeps the frozen text encoder(s) in host memory while the rest of the model
+            is on the accelerator; each prompt is encoded once and its embeddings cached on the accelerator
+            (``None``: the encoder moves with the model). For text encoders too large to sit beside the
+            transformer (FLUX.2-dev's 24B Mistral, Qwen-Image's 7B Qwen2.5-VL on one GPU).
         seed: Initialisation seed of the tiny random models.
     """
 
@@ -40,11 +51,12 @@ class ModelConfig:
     finetune: str = "lora"
     lora_rank: int = 16
     lora_alpha: float = 16.0
-    lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    lora_targets: list[str] | None = None
     guidance_scale: float = 3.5
     gradient_checkpointing: bool = False
     weights_dtype: str = "fp32"
     max_sequence_length: int = 512
+    text_encoder_device: str | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -58,8 +70,19 @@ class ModelConfig:
             raise ValueError(f"model.lora_rank={self.lora_rank} must be >= 1.")
         if self.guidance_scale < 0:
             raise ValueError(f"model.guidance_scale={self.guidance_scale} must be >= 0.")
-        if self.name in ("flux", "sd3") and not self.path:
+        if self.text_encoder_device not in (None, "cpu"):
+            raise ValueError(
+                f"model.text_encoder_device={self.text_encoder_device!r} is invalid: use cpu (keep the text encoder "
+                f"in host memory) or null (move it with the model)."
+            )
+        if self.lora_targets is not None and not self.lora_targets:
+            raise ValueError(
+                "model.lora_targets is empty: name the modules to adapt, or set it to null for the "
+                "family's default targets."
+            )
+        family = FAMILIES.get(self.name)
+        if family is not None and not self.path:
             raise ValueError(
                 f"model.name={self.name} needs model.path: a local diffusers pipeline directory or a hub id "
-                f"(e.g. black-forest-labs/FLUX.1-dev or stabilityai/stable-diffusion-3.5-medium)."
+                f"(e.g. {family.hub_ids[0]})."
             )

@@ -24,6 +24,16 @@ logger = logging.getLogger(__name__)
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 LORA_MODE, FULL_MODE = "lora", "full"
+ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+"""LoRA targets of an adapter that declares none (``default_lora_targets``): the attention projections."""
+
+
+def lora_targets(model: Any, cfg: ModelConfig) -> list[str]:
+    """The modules that receive LoRA adapters: ``cfg.lora_targets``, else the adapter's ``default_lora_targets``
+    (the family's choice), else :data:`ATTENTION_TARGETS`."""
+    if cfg.lora_targets is not None:
+        return list(cfg.lora_targets)
+    return list(getattr(model, "default_lora_targets", ATTENTION_TARGETS))
 
 
 def unwrap_model(module: nn.Module) -> nn.Module:
@@ -55,6 +65,9 @@ def cast_module(module: nn.Module, dtype: torch.dtype) -> nn.Module:
 
 
 def _frozen_modules(model: Any) -> list[nn.Module]:
+    declared = getattr(model, "frozen_modules", None)
+    if declared is not None:  # the adapter names its frozen parts (VAE, text encoders)
+        return list(declared())
     modules: list[nn.Module] = []
     vae = getattr(model, "vae", None)
     if isinstance(vae, nn.Module):
@@ -77,13 +90,15 @@ def prepare_for_training(model: Any, cfg: ModelConfig) -> Any:
     """Freezes everything, then makes the LoRA adapters (or the whole transformer) trainable.
 
     LoRA: ``transformer.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
-    init_lora_weights="gaussian", target_modules=cfg.lora_targets))``, initialised from ``cfg.seed`` (the
-    global RNG is left untouched) and upcast to float32. Full: every transformer parameter, in float32. A transformer
+    init_lora_weights="gaussian", target_modules=lora_targets(model, cfg), exclude_modules=model.unused_modules()))``,
+    initialised from ``cfg.seed`` (the global RNG is left untouched) and upcast to float32. Full: every transformer
+    parameter, in float32, except those of ``model.unused_modules()`` (when the adapter has it: modules whose outputs
+    the transformer discards, such as Qwen-Image's last text stream), which would never get a gradient. A transformer
     on the meta device (ranks > 0 under FSDP's RAM-efficient loading) stays there, adapters included: the casts and
     the initialisation allocate nothing, and FSDP later fills every tensor from rank 0.
 
     Args:
-        model: A flow-model adapter (``FluxAdapter`` or ``SD3Adapter``).
+        model: A flow-model adapter (:class:`~leapalign.models.base.FlowModel`).
         cfg: Model configuration (``finetune``, LoRA settings, ``gradient_checkpointing``).
 
     Returns:
@@ -93,16 +108,19 @@ def prepare_for_training(model: Any, cfg: ModelConfig) -> Any:
     for module in _frozen_modules(model):
         module.requires_grad_(False).eval()
     transformer.requires_grad_(False)
+    unused = list(getattr(model, "unused_modules", list)())  # outputs the transformer discards: never trained
     if cfg.finetune == LORA_MODE:
         if has_lora(transformer):
             raise ValueError("the transformer already has a LoRA adapter: prepare_for_training was called twice.")
         from peft import LoraConfig
 
+        targets = lora_targets(model, cfg)
         lora = LoraConfig(
             r=cfg.lora_rank,
             lora_alpha=cfg.lora_alpha,
             init_lora_weights="gaussian",
-            target_modules=list(cfg.lora_targets),
+            target_modules=targets,
+            exclude_modules=unused or None,
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
@@ -116,11 +134,13 @@ def prepare_for_training(model: Any, cfg: ModelConfig) -> Any:
             "LoRA r=%d alpha=%s on %s: %d trainable parameters",
             cfg.lora_rank,
             cfg.lora_alpha,
-            cfg.lora_targets,
+            targets,
             n,
         )
     else:
         transformer.float().requires_grad_(True)
+        for name in unused:
+            transformer.get_submodule(name).requires_grad_(False)
         logger.info("full fine-tuning: %d trainable parameters", sum(p.numel() for p in transformer.parameters()))
     if cfg.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
@@ -208,6 +228,9 @@ def export_for_diffusers(model: Any, out_dir: str | Path, mode: str) -> Path:
                 raise ValueError("cannot export LoRA weights: the transformer has no LoRA adapter.")
             tmp.mkdir()
             metadata = transformer.peft_config["default"].to_dict()
+            if metadata.get("exclude_modules"):  # name the adapted modules, so loaders wrap exactly those
+                adapted = {n.rsplit(".lora_", 1)[0] for n, _ in transformer.named_parameters() if ".lora_" in n}
+                metadata["target_modules"], metadata["exclude_modules"] = sorted(adapted), None
             model.pipeline_class.save_lora_weights(
                 str(tmp),
                 transformer_lora_layers=trainable_state_dict(transformer, LORA_MODE),

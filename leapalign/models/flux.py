@@ -14,7 +14,6 @@ With ``vae=None`` the model works directly in pixel space on pixels in ``[-1, 1]
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,9 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 from torch import Tensor, nn
 
+from leapalign.families import check_pretrained_path
 from leapalign.flow.schedule import flux_sigmas
-from leapalign.models.base import Conditioning, check_resolution
+from leapalign.models.base import Conditioning, Generators, check_resolution, pipeline_randn
 from leapalign.models.common import (
     TransformerPlumbing,
     fsdp_ram_efficient_loading,
@@ -33,7 +33,7 @@ from leapalign.models.common import (
     vae_encode,
 )
 from leapalign.models.config import ModelConfig
-from leapalign.models.finetune import cast_module, unwrap_model, weight_dtypes
+from leapalign.models.finetune import ATTENTION_TARGETS, cast_module, unwrap_model, weight_dtypes
 from leapalign.models.hub import explain_load_errors
 from leapalign.models.text import FluxTextEncoder, PromptCache, TextEncoder
 
@@ -46,7 +46,6 @@ FLUX_SHIFT_CONFIG = {
     "base_image_seq_len": 256,
     "max_image_seq_len": 4096,
 }
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def pack_latents(latents: Tensor) -> Tensor:
@@ -82,34 +81,6 @@ def broadcast_sigma(sigma: Tensor | float, batch: int, device: torch.device, dty
     return s
 
 
-def check_pretrained_path(path: str | Path | None, kind: str) -> str:
-    """Validates ``model.path``: an existing diffusers pipeline folder or something shaped like a hub id.
-
-    Args:
-        path: The configured path.
-        kind: ``"flux"`` or ``"sd3"``, for the example in the error message.
-
-    Returns:
-        The path as a string (user directory expanded for local folders).
-    """
-    example = "black-forest-labs/FLUX.1-dev" if kind == "flux" else "stabilityai/stable-diffusion-3.5-medium"
-    fix = (
-        f"Set model.path to a local diffusers pipeline directory (with model_index.json and transformer/, "
-        f"vae/, text_encoder*/ and tokenizer*/ subfolders) or to a hub id such as {example}."
-    )
-    if not path:
-        raise ValueError(f"model.path is not set for model.name={kind}. {fix}")
-    local = Path(path).expanduser()
-    if local.is_dir():
-        if not (local / "transformer").is_dir():
-            raise ValueError(f"model.path={str(path)!r} has no transformer/ subfolder. {fix}")
-        return str(local)
-    text = str(path)
-    if local.exists() or text.startswith((".", "/", "~")) or not _HUB_ID.fullmatch(text):
-        raise ValueError(f"model.path={text!r} is not an existing directory and does not look like a hub id. {fix}")
-    return text
-
-
 class FluxAdapter(TransformerPlumbing):
     """``FluxTransformer2DModel`` + VAE + text encoders behind the :class:`FlowModel` interface.
 
@@ -125,6 +96,7 @@ class FluxAdapter(TransformerPlumbing):
     """
 
     pipeline_class = FluxPipeline
+    default_lora_targets: tuple[str, ...] = ATTENTION_TARGETS
 
     def __init__(
         self,
@@ -199,6 +171,24 @@ class FluxAdapter(TransformerPlumbing):
         b, h, w, _ = latents.shape
         f = self.vae_scale_factor
         return unpack_latents(self.to_tokens(latents), 2 * f * h, 2 * f * w, f)
+
+    def initial_noise(self, batch: int, height: int, width: int, generator: Generators) -> Tensor:
+        """Float32 noise ``(B, h, w, 4C)`` on the generator's device, drawn as ``FluxPipeline.prepare_latents`` does.
+
+        The pipeline draws unpacked ``(B, C, 2h, 2w)`` noise and packs it; drawing in the packed layout would give
+        other noise for the same generator. Pixel-space models (``vae=None``) have no pipeline: their noise is drawn
+        in the token layout, as it always was (ShapesWorld's documented results depend on it).
+
+        Args:
+            batch: Number of images.
+            height: Image height in pixels.
+            width: Image width in pixels.
+            generator: One generator for the batch or one per image, as the pipeline takes.
+        """
+        h, w, c4 = self.latent_shape(height, width)
+        if self.vae is None:
+            return pipeline_randn((batch, h, w, c4), generator)
+        return self.pack(pipeline_randn((batch, self.latent_channels, 2 * h, 2 * w), generator))
 
     def sigmas(self, num_steps: int, height: int, width: int) -> Tensor:
         """FLUX.1 schedule ``(num_steps + 1,)`` with the shift of ``H/16 * W/16`` image tokens."""
@@ -296,12 +286,8 @@ class FluxAdapter(TransformerPlumbing):
 
     # -------------------------------------------------------------------------------------------- plumbing
     def to(self, device: torch.device | str) -> FluxAdapter:
-        """Moves transformer (unless FSDP places it: ``transformer_placed_by_fsdp``), VAE, text encoders and
-        cached embeddings to ``device``."""
-        self.move_transformer(device)
-        if self.vae is not None:
-            self.vae.to(device)
-        self.prompt_cache.to(device)
+        """As :meth:`TransformerPlumbing.to` (a pixel-space model has no VAE), and drops the cached position ids."""
+        super().to(device)
         self._image_ids.clear()
         return self
 

@@ -21,6 +21,7 @@ from diffusers import (
 )
 from torch import Tensor, nn
 
+from leapalign.families import check_pretrained_path
 from leapalign.flow.schedule import sd3_sigmas
 from leapalign.models.base import Conditioning, check_resolution
 from leapalign.models.common import (
@@ -31,8 +32,8 @@ from leapalign.models.common import (
     vae_encode,
 )
 from leapalign.models.config import ModelConfig
-from leapalign.models.finetune import cast_module, unwrap_model, weight_dtypes
-from leapalign.models.flux import broadcast_sigma, check_pretrained_path
+from leapalign.models.finetune import ATTENTION_TARGETS, cast_module, unwrap_model, weight_dtypes
+from leapalign.models.flux import broadcast_sigma
 from leapalign.models.hub import explain_load_errors
 from leapalign.models.text import PromptCache, SD3TextEncoder, TextEncoder
 
@@ -54,6 +55,7 @@ class SD3Adapter(TransformerPlumbing):
     """
 
     pipeline_class = StableDiffusion3Pipeline
+    default_lora_targets: tuple[str, ...] = ATTENTION_TARGETS
 
     def __init__(
         self,
@@ -156,14 +158,6 @@ class SD3Adapter(TransformerPlumbing):
         """Images in ``[0, 1]`` ``(B, 3, H, W)`` -> normalised latents ``(B, C, H/f, W/f)``, the VAE's posterior
         mean (no gradient), as the pretraining-loss replay needs."""
         return vae_encode(self.vae, images, self.scaling_factor, self.shift_factor)
-
-    def to(self, device: torch.device | str) -> SD3Adapter:
-        """Moves transformer (unless FSDP places it: ``transformer_placed_by_fsdp``), VAE, text encoders and
-        cached embeddings to ``device``."""
-        self.move_transformer(device)
-        self.vae.to(device)
-        self.prompt_cache.to(device)
-        return self
 
     @classmethod
     def from_pipeline(cls, pipe: StableDiffusion3Pipeline, cfg: ModelConfig) -> SD3Adapter:

@@ -19,13 +19,15 @@ logger = logging.getLogger(__name__)
 
 @runtime_checkable
 class TextEncoder(Protocol):
-    """Maps prompts to ``(token embeddings (B, L, D), pooled embedding (B, P))``."""
+    """Maps prompts to a tuple of batch-first tensors: ``(token embeddings (B, L, D), pooled embedding (B, P))`` for
+    Flux and SD3; other families return what their transformer needs (e.g. token embeddings and a ``(B, L)`` mask)."""
 
-    def __call__(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
+    def __call__(self, prompts: list[str]) -> tuple[Tensor, ...]:
         """Encodes ``prompts`` (no gradients).
 
         Returns:
-            Token embeddings ``(B, L, D)`` and pooled embeddings ``(B, P)``, where ``B = len(prompts)``.
+            Tensors with batch ``B = len(prompts)`` first, e.g. token embeddings ``(B, L, D)`` and pooled
+            embeddings ``(B, P)``.
         """
         ...
 
@@ -167,29 +169,56 @@ class SD3TextEncoder:
         return self
 
 
+def stack_padded(rows: list[Tensor]) -> Tensor:
+    """Stacks per-prompt tensors into a batch, right-padding the first dimension with zeros where lengths differ.
+
+    Args:
+        rows: One tensor per prompt, shapes ``(L_i, *rest)`` with equal ``rest``.
+
+    Returns:
+        Shape ``(B, max L_i, *rest)``; a padded token's embedding and mask entry are 0, as the pipelines of models
+        with variable-length prompts (Qwen-Image, Z-Image) pad a batch.
+    """
+    longest = max(r.shape[0] for r in rows) if rows[0].dim() else 0
+    if all(r.shape == rows[0].shape for r in rows):
+        return torch.stack(rows)
+    return torch.stack([F.pad(r, (0, 0) * (r.dim() - 1) + (0, longest - r.shape[0])) for r in rows])
+
+
 class PromptCache:
     """Encodes each distinct prompt once and keeps its embeddings (least recently used entries are evicted).
+
+    The encoder returns a tuple of batch-first tensors (token embeddings and pooled embeddings for Flux and SD3;
+    token embeddings and a token mask for variable-length encoders). Each prompt's tensors are cached without the
+    batch dimension and stacked per batch with :func:`stack_padded`.
 
     Args:
         encoder: The frozen text encoder.
         max_entries: Most prompts kept (``None``: unbounded). Real Flux embeddings are about 4 MB per prompt
             in bf16, so an unbounded cache over a large prompt set can exhaust accelerator memory.
+        encoder_device: Where the encoder stays when the cache moves (``"cpu"`` keeps a large text encoder, such as
+            FLUX.2-dev's 24B Mistral, off the accelerator: each prompt is encoded once there and its embeddings
+            are moved to the cache's device); ``None``: the encoder moves with the cache.
     """
 
     NEGATIVE_PROMPT = ""
 
-    def __init__(self, encoder: TextEncoder, max_entries: int | None = 1024) -> None:
+    def __init__(
+        self, encoder: TextEncoder, max_entries: int | None = 1024, encoder_device: str | torch.device | None = None
+    ) -> None:
         self.encoder = encoder
         self.max_entries = max_entries
-        self._entries: OrderedDict[str, tuple[Tensor, Tensor]] = OrderedDict()
-        self._negative: tuple[Tensor, Tensor] | None = None
+        self.encoder_device = encoder_device
+        self.device: torch.device | None = None  # where the embeddings go; None: where the encoder puts them
+        self._entries: OrderedDict[str, tuple[Tensor, ...]] = OrderedDict()
+        self._negative: tuple[Tensor, ...] | None = None
         self.num_encoded = 0  # prompts sent through the encoder, for tests and logging
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
-        """Embeddings of ``prompts``: token embeddings ``(B, L, D)`` and pooled ``(B, P)``."""
+    def encode(self, prompts: list[str]) -> tuple[Tensor, ...]:
+        """Embeddings of ``prompts``: the encoder's tensors with batch ``B`` (e.g. ``(B, L, D)`` and ``(B, P)``)."""
         if not prompts:
             raise ValueError("encode_prompts needs at least one prompt.")
         for p in dict.fromkeys(p for p in prompts if p not in self._entries):
@@ -197,36 +226,37 @@ class PromptCache:
             # matmul kernels change with the number of rows), which would make an embedding depend on which
             # prompts happened to be encoded with it, and a resumed run (with a cold cache) drift from the
             # uninterrupted one. Each prompt is encoded once, so this costs little.
-            embeds, pooled = self.encoder([p])
+            self._entries[p] = tuple(self._place(t[0]) for t in self.encoder([p]))
             self.num_encoded += 1
-            self._entries[p] = (embeds[0], pooled[0])
         rows = [self._entries[p] for p in prompts]
         for p in prompts:
             self._entries.move_to_end(p)
         self._evict()
-        return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
+        return tuple(stack_padded([r[i] for r in rows]) for i in range(len(rows[0])))
 
-    def negative(self, batch: int) -> tuple[Tensor, Tensor]:
-        """Empty-prompt embeddings expanded (not copied) to ``(batch, L, D)`` and ``(batch, P)``."""
+    def negative(self, batch: int) -> tuple[Tensor, ...]:
+        """Empty-prompt tensors expanded (not copied) to batch ``batch`` (e.g. ``(batch, L, D)``, ``(batch, P)``)."""
         if self._negative is None:
-            embeds, pooled = self.encoder([self.NEGATIVE_PROMPT])
+            self._negative = tuple(self._place(t[0]) for t in self.encoder([self.NEGATIVE_PROMPT]))
             self.num_encoded += 1
-            self._negative = (embeds[0], pooled[0])
-        embeds, pooled = self._negative
-        return embeds.expand(batch, *embeds.shape), pooled.expand(batch, *pooled.shape)
+        return tuple(t.expand(batch, *t.shape) for t in self._negative)
 
     def clear(self) -> None:
         """Drops every cached embedding."""
         self._entries.clear()
         self._negative = None
 
+    def _place(self, tensor: Tensor) -> Tensor:
+        return tensor if self.device is None else tensor.to(self.device)
+
     def to(self, device: torch.device | str) -> PromptCache:
-        """Moves the encoder and every cached embedding to ``device``."""
-        self.encoder.to(device)
-        for key, (embeds, pooled) in self._entries.items():
-            self._entries[key] = (embeds.to(device), pooled.to(device))
+        """Moves every cached embedding to ``device``, and the encoder too unless ``encoder_device`` pins it."""
+        self.encoder.to(device if self.encoder_device is None else self.encoder_device)
+        self.device = torch.device(device)
+        for key, tensors in self._entries.items():
+            self._entries[key] = tuple(t.to(device) for t in tensors)
         if self._negative is not None:
-            self._negative = (self._negative[0].to(device), self._negative[1].to(device))
+            self._negative = tuple(t.to(device) for t in self._negative)
         return self
 
     def _evict(self) -> None:
