@@ -125,7 +125,8 @@ class TrainConfig:
         ema_decay: EMA decay of the trainable weights (0 disables EMA).
         max_nan_steps: Consecutive skipped (non-finite) steps before training stops with an error.
         replay_weight: Weight of the pretraining-loss replay regulariser (:mod:`leapalign.regularizers`, as
-            ReFL); 0 disables it.
+            ReFL), added to every step of a direct-gradient method and to every update of a policy-gradient one;
+            0 disables it.
         replay_source: Its data: a folder of captioned images, a ``.jsonl`` list of image/prompt pairs, a
             registered source (a plugin's, e.g. a world's rendered scenes) or an import path.
         replay_batch_size: Real images per micro-batch for the replay loss (0: ``data.batch_size``).

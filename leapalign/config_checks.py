@@ -74,7 +74,6 @@ def _validate_ranges(cfg: ExperimentConfig) -> None:
                 "train.grad_accum",
                 "1 for a policy-gradient method (use method.group_size, data.batch_size and method.updates_per_epoch)",
             ),
-            (cfg.train.replay_weight == 0, "train.replay_weight", "0 for a policy-gradient method"),
         ]
         window = getattr(cfg.method, "window_size", None)
         if window is not None and (cfg.method.name == "mix-grpo" or getattr(cfg.method, "fast", False)):

@@ -5,6 +5,10 @@ one step at a time are alive), so memory does not grow with the number of traine
 
 The minibatch order and every step choice come from generators that are identical on every rank, so every rank
 runs the same number of backward passes (DDP stays in step) and a resumed run repeats them exactly.
+
+A regulariser (the trainer's replay of the pretraining loss, ``train.replay_weight``) adds its loss to every update,
+one more backward after the trained steps, so that a comparison with the direct-gradient methods, which add it to
+every step, differs only in the estimator.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ def policy_gradient_step(trainer: Any) -> dict[str, Any]:
         iteration=trainer.step,
         order_seed=cfg.run.seed * 1_000_003 + trainer.step,
         params=list(trainer.params.values()),
+        regularizer=trainer.update_regularizer(),
     )
 
 
@@ -68,6 +73,7 @@ def policy_gradient_iteration(
     iteration: int,
     order_seed: int,
     params: list[torch.Tensor],
+    regularizer: Callable[[int], torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Collects one rollout of ``batch`` (whole groups) and runs the method's updates over it.
 
@@ -82,6 +88,8 @@ def policy_gradient_iteration(
         iteration: The iteration number (methods whose plan moves with it, e.g. MixGRPO's window).
         order_seed: Seed of the minibatch order; identical on every rank.
         params: The trainable parameters (a rank without a sample on a step still runs a zero backward).
+        regularizer: Called with the update's index within the iteration, returns a weighted loss added to that
+            update (its own backward, logged as ``regularizer_loss``); ``None``: none.
 
     Returns:
         The iteration's metrics: the rollout's (rewards gathered over ranks, advantage statistics, zero-spread
@@ -99,19 +107,30 @@ def policy_gradient_iteration(
     updates, step_records, losses = [], [], []
     for _ in range(method.cfg.inner_epochs):
         for idx in exp.minibatches(method.cfg.updates_per_epoch, order):
-            terms = [k for k in range(len(exp.steps)) if bool(exp.trained[:, k].any())]
+            terms: list[int | None] = [k for k in range(len(exp.steps)) if bool(exp.trained[:, k].any())]
+            n_steps = len(terms)
+            if regularizer is not None:
+                terms.append(None)  # the regulariser's backward, last: it carries the gradient synchronisation
             ok, total = finite, 0.0
             for n, k in enumerate(terms):
                 sync = n == len(terms) - 1
                 with acc.no_sync(model.transformer) if not sync and acc.num_processes > 1 else nullcontext():
+                    if k is None:
+                        with acc.autocast():
+                            loss = regularizer(len(updates))  # type: ignore[misc]
+                        ok &= bool(torch.isfinite(loss))
+                        if ok:
+                            acc.backward(loss)
+                        step_records.append({"regularizer_loss": loss.detach().item()})
+                        continue
                     with acc.autocast():
                         loss, record = method.step_loss(model, exp, idx, k)
                     if loss is None:  # no sample of this rank's minibatch trains on step k: a zero gradient
                         loss = sum(p.sum() * 0.0 for p in params)
                     ok &= bool(torch.isfinite(loss))
                     if ok:
-                        acc.backward(loss / len(terms))
-                    total += loss.detach().item() / len(terms)
+                        acc.backward(loss / n_steps)
+                    total += loss.detach().item() / n_steps
                     if record:
                         step_records.append(record)
             flag = torch.tensor(float(ok), device=acc.device)

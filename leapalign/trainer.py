@@ -15,6 +15,7 @@ import datetime
 import logging
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,15 +142,24 @@ class Trainer:
         return train_state.resume(self)
 
     # ------------------------------------------------------------------ one optimiser step
-    def _replay_loss(self, micro: int) -> torch.Tensor:
-        """The replay regulariser of this micro-batch; its draws are a function of (seed, rank, step, micro)."""
+    def _replay_loss(self, micro: int, per_step: int | None = None) -> torch.Tensor:
+        """The replay regulariser of micro-batch (or update) ``micro`` of this step, of ``per_step`` in all (default
+        ``train.grad_accum``); its draws are a function of (seed, rank, step, micro)."""
         assert self.replay is not None
-        index = self.step * self.cfg.train.grad_accum + micro
+        index = self.step * (per_step or self.cfg.train.grad_accum) + micro
         prompts, images = self.replay.batch(index)
         gen = torch.Generator().manual_seed(
             (self.cfg.run.seed * 1_000_003 + self.accelerator.process_index * 7919 + index) % 2**62
         )
         return flow_matching_loss(self.model, images, prompts, gen)
+
+    def update_regularizer(self) -> Callable[[int], torch.Tensor] | None:
+        """The weighted replay loss of update ``u`` of a policy-gradient iteration (``None`` without replay)."""
+        if self.replay is None:
+            return None
+        per_step = self.method.cfg.inner_epochs * self.method.cfg.updates_per_epoch
+        weight = self.cfg.train.replay_weight
+        return lambda u: weight * self._replay_loss(u, per_step)
 
     def _micro_step(self, scale: float, micro: int = 0) -> tuple[dict[str, float], torch.Tensor, bool]:
         acc = self.accelerator

@@ -70,7 +70,10 @@ def test_evaluators_check_the_metadata_before_any_model_is_built(tmp_path: Path,
 def test_unknown_names_list_what_is_registered() -> None:
     with pytest.raises(ConfigError, match="plugin 'no_such_plugin' cannot be imported"):
         load_config("tiny/leapalign", ["plugins=[no_such_plugin]"])
-    with pytest.raises(ConfigError, match=r"model.name='nope': unknown model; registered: flux, flux2, flux2-klein, qwen-image, sd3, shapes"):
+    with pytest.raises(
+        ConfigError,
+        match=r"model.name='nope': unknown model; registered: flux, flux2, flux2-klein, qwen-image, sd3, shapes",
+    ):
         load_config("tiny/leapalign", ["model=nope"])
     with pytest.raises(ConfigError, match="unknown reward; registered: .*brightness"):
         load_config("tiny/leapalign", ["reward=nope"])

@@ -98,3 +98,30 @@ def test_replay_config_errors(tmp_path: Path, capsys) -> None:
     assert "train.replay_weight" in capsys.readouterr().err
     assert main(["train", "--config", "tiny/leapalign", *out, "train.replay_weight=1"]) == 2
     assert "train.replay_source" in capsys.readouterr().err
+
+
+def test_policy_gradient_methods_add_the_replay_loss_to_every_update(tmp_path: Path) -> None:
+    """Replay regularises the policy-gradient family as it does the direct methods: one weighted replay backward per
+    update, logged, changing the update, and exact on resume."""
+    folder = write_folder(tmp_path / "imgs")
+    common = ["--config", "tiny/flow-grpo", f"train.replay_source={folder}", "sampler.num_steps=2"]
+    common += ["sampler.height=32", "sampler.width=32", "run.tensorboard=false", "run.export=false"]
+    common += ["method.updates_per_epoch=2"]
+    runs = {}
+    for name, weight, steps in (("replay", 1.0, 2), ("none", 0.0, 1), ("half", 1.0, 1)):
+        runs[name] = tmp_path / name
+        args = [*common, f"run.output_dir={runs[name]}", f"train.replay_weight={weight}", f"train.max_steps={steps}"]
+        assert main(["train", *args]) == 0
+    args = [*common, "--resume", f"run.output_dir={runs['half']}", "train.replay_weight=1.0", "train.max_steps=2"]
+    assert main(["train", *args]) == 0
+    records = read_metrics(runs["replay"] / "metrics.jsonl")
+    assert all(r["regularizer_loss"] > 0 and r["updates"] == 2 for r in records)
+    assert "regularizer_loss" not in read_metrics(runs["none"] / "metrics.jsonl")[0]
+
+    def weights(name: str, step: int) -> dict[str, torch.Tensor]:
+        return load_file(str(runs[name] / f"checkpoints/step_00000{step}/trainable.safetensors"))
+
+    with_replay, without = weights("half", 1), weights("none", 1)  # the same first step, with and without replay
+    assert any(not torch.equal(with_replay[k], without[k]) for k in without)
+    resumed, straight = weights("half", 2), weights("replay", 2)
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
