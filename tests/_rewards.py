@@ -77,3 +77,8 @@ class StallOnRank:
         if self.calls == self.at and int(os.environ.get("RANK", "0")) == self.rank:
             time.sleep(self.seconds)
         return images.mean(dim=(1, 2, 3))
+
+
+def darkness(images, prompts):
+    """One minus the mean pixel value: the opposite of ``brightness``, for direction checks."""
+    return 1.0 - images.mean((1, 2, 3))
