@@ -257,14 +257,14 @@ def memory_estimate_gb(family: Family, finetune: str, resolution: int, text_enco
         resolution: Square image side in pixels.
         text_encoder_on_gpu: False for ``model.text_encoder_device=cpu``.
     """
-    billions = GB
-    text = 2 * family.text_encoder_params * billions if text_encoder_on_gpu else 0.0
+    # parameter counts are in billions and GB is 1e9 bytes: bytes per parameter x billions = GB
+    text = 2 * family.text_encoder_params if text_encoder_on_gpu else 0.0
     per_param = 2 if finetune == "lora" else FULL_BYTES_PER_PARAM
-    transformer = per_param * family.transformer_params * billions
+    transformer = per_param * family.transformer_params
     tokens = (resolution // 16) ** 2 + family.text_tokens
     stream = tokens * family.hidden_size * 2  # bytes of one bf16 block input
     activations = 2 * family.num_blocks * stream + BLOCK_PEAK_FACTOR * stream
-    return (text + transformer + activations) / GB
+    return text + transformer + activations / GB
 
 
 def memory_table(family: Family) -> list[str]:

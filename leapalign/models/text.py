@@ -179,9 +179,9 @@ def stack_padded(rows: list[Tensor]) -> Tensor:
         Shape ``(B, max L_i, *rest)``; a padded token's embedding and mask entry are 0, as the pipelines of models
         with variable-length prompts (Qwen-Image, Z-Image) pad a batch.
     """
-    longest = max(r.shape[0] for r in rows) if rows[0].dim() else 0
     if all(r.shape == rows[0].shape for r in rows):
         return torch.stack(rows)
+    longest = max(r.shape[0] for r in rows)
     return torch.stack([F.pad(r, (0, 0) * (r.dim() - 1) + (0, longest - r.shape[0])) for r in rows])
 
 
