@@ -81,32 +81,39 @@ def layout_claims(study: Study) -> list[str]:
                     f"- *At equal wall-clock ({budget:.0f} s of training), LeapAlign reaches a higher held-out "
                     f"ShapesEval than {v}:* {compare(at_budget('leapalign'), at_budget(v), 'leapalign', v)}."
                 )
-    lines += without_replay_claims(study)
+    lines += earlier_grpo_claims(study)
     lines += ablation_claims(ablations, study)
     return lines
 
 
-def without_replay_claims(study: Study) -> list[str]:
-    """The policy-gradient cells that ran without replay (``grpo_without_replay.json``, when the library refused it
-    for them): their held-out ShapesEval and their training reward along the curve, against the base's."""
-    path = study.results / "grpo_without_replay.json"
-    if not path.exists():
-        return []
+EARLIER_GRPO = {  # records of the policy-gradient family under regularisations the study has since replaced
+    "grpo_without_replay.json": "without a regulariser (the library then refused replay for the family)",
+    "grpo_with_replay.json": "with the common replay (weight 30)",
+}
+
+
+def earlier_grpo_claims(study: Study) -> list[str]:
+    """The policy-gradient cells run under earlier regularisations (:data:`EARLIER_GRPO`): their held-out ShapesEval
+    and their training reward along the curve, against the base's."""
     base = next((r for r in read_records(study.results / "methods.json") if r["variant"] == "base"), None)
     start = base["curve"][0] if base and base.get("curve") else None
     lines = []
-    for r in read_records(path):
-        points = ([start] if start else []) + r["curve"]
-        trail = " -> ".join(f"{c[study.reward]:.3f}" for c in points)
-        gold = " -> ".join(f"{c['shapes_eval_overall']:.3f}" for c in points)
-        lines.append(
-            f"- *{r['method']} without replay* (seed {r['seed']}; the library then refused replay for the "
-            f"policy-gradient family): held-out ShapesEval {r['shapes_eval']['overall']:.3f}"
-            + (f" against the base's {base['shapes_eval']['overall']:.3f}" if base else "")
-            + f"; on the curve images every {r['curve'][0]['step']} steps from the base, its training reward "
-            f"{study.reward_label} {trail} and ShapesEval {gold}. The study's policy-gradient cells now train with "
-            f"the common replay."
-        )
+    for name, how in EARLIER_GRPO.items():
+        path = study.results / name
+        if not path.exists():
+            continue
+        for r in read_records(path):
+            points = ([start] if start else []) + r["curve"]
+            trail = " -> ".join(f"{c[study.reward]:.3f}" for c in points)
+            gold = " -> ".join(f"{c['shapes_eval_overall']:.3f}" for c in points)
+            lines.append(
+                f"- *{r['method']} {how}* (seed {r['seed']}, `{name}`): held-out ShapesEval "
+                f"{r['shapes_eval']['overall']:.3f}"
+                + (f" against the base's {base['shapes_eval']['overall']:.3f}" if base else "")
+                + f"; on the curve images every {r['curve'][0]['step']} steps from the base, its training reward "
+                f"{study.reward_label} {trail} and ShapesEval {gold}. The study's policy-gradient cells now train "
+                "with the KL to the base policy instead."
+            )
     return lines
 
 

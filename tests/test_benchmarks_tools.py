@@ -189,16 +189,22 @@ def test_report_states_the_layout_claims_with_p_values_and_changes_against_the_b
     assert "position 0.260 ± 0.025" in gain and "excludes 0 upward for position" in gain
     assert any("equal wall-clock (100 s" in line and "leapalign higher than refl" in line for line in lines)
     assert "not yet run" in lines[-1] and "--suite ablations" in lines[-1]
-    assert not any("without replay" in line for line in lines)
+    assert not any("instead." in line for line in lines)
     collapsed = cell("flow-grpo", 0, 0.0)  # a policy-gradient cell run without replay, kept apart as data
     collapsed["method"], collapsed["shapes_eval"]["overall"] = "flow-grpo", 0.09
     collapsed["curve"] = [{**collapsed["curve"][0], "step": 50, "shapes_layout": 0.55, "shapes_eval_overall": 0.2}]
     records[0]["curve"] = [{"step": 0, "shapes_layout": 0.58, "shapes_eval_overall": 0.46}]
     (tmp_path / "methods.json").write_text(json.dumps(records))
     (tmp_path / "grpo_without_replay.json").write_text(json.dumps([collapsed]))
-    line = next(line for line in layout_claims(study) if "without replay" in line)
+    replayed = {**collapsed, "method": "mix-grpo", "shapes_eval": {**collapsed["shapes_eval"], "overall": 0.39}}
+    (tmp_path / "grpo_with_replay.json").write_text(json.dumps([replayed]))
+    lines = layout_claims(study)
+    line = next(line for line in lines if "without a regulariser" in line)
+    assert line.startswith("- *flow-grpo without a regulariser")
     assert "held-out ShapesEval 0.090 against the base's 0.500" in line
     assert "L 0.580 -> 0.550" in line and "ShapesEval 0.460 -> 0.200" in line
+    line = next(line for line in lines if "with the common replay" in line)
+    assert line.startswith("- *mix-grpo with the common replay") and "ShapesEval 0.390" in line
 
 
 def test_the_readme_verdict_table_gives_each_rivals_verdicts_and_p_values() -> None:
