@@ -46,6 +46,9 @@ class GRPOOptions:
         adv_eps: Added to the std in the advantage's denominator.
         global_std: Normalise advantages by the std of every reward of the iteration (all ranks) instead of the
             group's.
+        threshold: Rewards above it count as it in the advantages (``None``: as they are). This is the objective
+            of the direct methods' hinge, E[min(r, threshold)]: a group whose samples all pass gets advantage 0
+            instead of having its rounding-level differences scaled up to unit advantages by its tiny std.
         kl_weight: Weight ``beta`` of the KL to the reference policy (:class:`.reference.ReferencePolicy`: the
             adapter-disabled base under LoRA, a frozen copy of the initial transformer under full fine-tuning).
         inner_epochs: Passes over each rollout's experience.
@@ -58,6 +61,7 @@ class GRPOOptions:
     adv_clip: float = 5.0
     adv_eps: float = 1e-4
     global_std: bool = False
+    threshold: float | None = None
     kl_weight: float = 0.0
     inner_epochs: int = 1
     updates_per_epoch: int = 1
@@ -128,7 +132,7 @@ def select(cond: Conditioning, idx: Tensor) -> Conditioning:
 
 
 def group_advantages(rewards: Tensor, opts: GRPOOptions, gather: Gather) -> tuple[Tensor, dict[str, float]]:
-    """Advantages ``(r - mean_group) / (std + eps)`` and their diagnostics.
+    """Advantages ``(r - mean_group) / (std + eps)`` of ``r = min(reward, opts.threshold)``, and their diagnostics.
 
     Args:
         rewards: ``(B,)`` rewards of this rank, groups of ``G`` consecutive samples.
@@ -139,6 +143,8 @@ def group_advantages(rewards: Tensor, opts: GRPOOptions, gather: Gather) -> tupl
         ``(advantages (B,), metrics)``; a group whose rewards are all equal gets advantage 0.
     """
     r = rewards.detach().float()
+    if opts.threshold is not None:
+        r = r.clamp(max=opts.threshold)
     groups = r.view(-1, opts.group_size)
     centred = groups - groups.mean(1, keepdim=True)
     every = gather(r)
@@ -151,6 +157,8 @@ def group_advantages(rewards: Tensor, opts: GRPOOptions, gather: Gather) -> tupl
         "adv_clipped_frac": (adv.abs() > opts.adv_clip).float().mean().item(),
         "zero_std_groups": (spread == 0).float().mean().item(),
     }
+    if opts.threshold is not None:
+        metrics["above_threshold"] = (rewards.detach().float() >= opts.threshold).float().mean().item()
     return adv, metrics
 
 

@@ -68,6 +68,21 @@ def test_group_advantages_are_centred_and_a_tied_group_gives_no_gradient() -> No
     assert all(g is None or g.abs().max() == 0 for g in grads)
 
 
+def test_a_threshold_zeroes_the_advantages_of_a_group_that_passes_it_and_keeps_the_others() -> None:
+    # a group whose samples all pass differs only by rounding: without the threshold its std scales that up
+    rewards = torch.tensor([0.9650, 0.9652, 0.9648, 0.9651, 0.20, 0.60, 0.95, 0.40])
+    base = ["method=flow-grpo", "data.batch_size=8", "method.group_size=4"]
+    plain, _ = group_advantages(rewards, load_config("tiny/leapalign", base).method, gather)
+    assert plain[:4].abs().max() > 0.5  # differences of 2e-4 become advantages of order one
+    opts = load_config("tiny/leapalign", [*base, "method.threshold=0.9"]).method
+    adv, metrics = group_advantages(rewards, opts, gather)
+    assert torch.equal(adv[:4], torch.zeros(4)) and metrics["zero_std_groups"] == 0.5
+    assert metrics["above_threshold"] == 5 / 8
+    clipped = torch.tensor([0.20, 0.60, 0.90, 0.40])  # the passing sample counts as the threshold
+    expected = (clipped - clipped.mean()) / (clipped.std() + opts.adv_eps)
+    assert torch.allclose(adv[4:], expected)
+
+
 def test_kl_of_the_base_model_to_itself_is_zero_and_log_probs_do_not_depend_on_the_batch() -> None:
     model = build_model(ModelConfig(name="tiny-flux", finetune="lora", lora_rank=2))
     prompts = ["a red circle", "a red circle", "a blue square", "a blue square"]
