@@ -16,7 +16,7 @@ from benchmarks.protocol import DEFAULT_PROTOCOL, load_protocol
 from benchmarks.report_claims import claims_section, headline
 from benchmarks.report_common import Section
 from benchmarks.report_cost import cost_gpu_section, cost_section
-from benchmarks.report_sections import fidelity_section
+from benchmarks.report_sections import fidelity_section, snr_section
 from benchmarks.report_study import Study, ablations_section, methods_section
 
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -104,6 +104,7 @@ def build(
         cost_section(cost, assets),
         cost_gpu_section(cost_gpu),
         fidelity_section(fidelity),
+        snr_section(load_json(results / "layout" / "grad_snr.json")),
     ]
     claims = claims_section(layout, score, cost, fidelity)
     sources = {"cost.json": cost, "cost_gpu.json": cost_gpu, "grad_fidelity.json": [fidelity] if fidelity else []}
@@ -131,6 +132,7 @@ def build(
         "make bench-ablations   # python -m benchmarks.sweep --suite ablations",
         "make bench-cost        # python -m benchmarks.cost                      (CPU cost table)",
         "make bench-fidelity    # python -m benchmarks.grad_fidelity             (gradient fidelity)",
+        "python -m benchmarks.grad_snr                                          # signal and noise of each update",
         "make bench-cost-gpu    # python -m benchmarks.cost_gpu                  (one H100/H200)",
         "make bench-report      # python -m benchmarks.report                    (this page)",
         "python -m benchmarks.sweep --suite methods --only drtune --seed 1 --force   # one cell again",

@@ -89,6 +89,7 @@ def layout_claims(study: Study) -> list[str]:
 EARLIER_GRPO = {  # records of the policy-gradient family under regularisations the study has since replaced
     "grpo_without_replay.json": "without a regulariser (the library then refused replay for the family)",
     "grpo_with_replay.json": "with the common replay (weight 30)",
+    "grpo_with_kl.json": "with the KL to the base (weight 0.004) instead of replay",
 }
 
 
@@ -112,7 +113,7 @@ def earlier_grpo_claims(study: Study) -> list[str]:
                 + (f" against the base's {base['shapes_eval']['overall']:.3f}" if base else "")
                 + f"; on the curve images every {r['curve'][0]['step']} steps from the base, its training reward "
                 f"{study.reward_label} {trail} and ShapesEval {gold}. The study's policy-gradient cells now train "
-                "with the KL to the base policy instead."
+                "on the direct methods' objective (replay converted to the surrogate's units)."
             )
     return lines
 
