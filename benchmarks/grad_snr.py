@@ -193,33 +193,6 @@ def signal_and_noise(g: Tensor, batch_size: int) -> dict[str, Any]:
     }
 
 
-def table(rows: dict[str, dict[str, Any]]) -> list[str]:
-    """The markdown table of the results."""
-
-    def cosine(r: dict[str, Any]) -> str:
-        zero = r["zero_gradient_minibatches"]
-        mean = "–" if r["mean_pairwise_cosine"] is None else f"{r['mean_pairwise_cosine']:.3f}"
-        return mean + (f" ({zero} minibatches without gradient)" if zero else "")
-
-    def n(x: float | None) -> str:
-        return "no signal" if x is None else f"{x:,.0f}"
-
-    out = [
-        "| method | signal fraction rho [95% CI] | mean cosine of two minibatch gradients | |mean| / |minibatch grad| "
-        "| samples per update for SNR 1 [95% CI] | s / minibatch |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, r in rows.items():
-        lo, hi = r["rho_ci"]
-        ratio = r["signal_norm"] / r["minibatch_grad_norm"]
-        snr = r["samples_for_snr1_ci"]
-        out.append(
-            f"| {name} | {r['rho']:.3f} [{lo:.3f}, {hi:.3f}] | {cosine(r)} | {ratio:.3f} | "
-            f"{n(r['samples_for_snr1'])} [{n(snr[0])}, {n(snr[1])}] | {r['sec_per_batch']:.1f} |"
-        )
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--methods", default=",".join((*METHODS, REPLAY)),
@@ -240,13 +213,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             g, info = minibatch_gradients(name, args.batches, args.seed)
         rows[name] = {**signal_and_noise(g, info["batch_size"]), **info}
-        logging.getLogger(__name__).warning("%s: %s", name, table({name: rows[name]})[-1])
+        r = rows[name]
+        logging.getLogger(__name__).warning("%s: rho %.3f %s, minibatch gradient norm %.3g", name, r["rho"],
+                                            r["rho_ci"], r["minibatch_grad_norm"])  # fmt: skip
     result = {
         "protocol": str(PROTOCOL.relative_to(PROTOCOL.parents[1])),
         "batches": args.batches,
         "seed": args.seed,
         "methods": rows,
-        "table": table(rows),
         "provenance": provenance(args.threads),
     }
     write_json(args.out, result)

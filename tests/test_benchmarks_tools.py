@@ -240,3 +240,23 @@ def test_grad_snr_recovers_a_known_signal_fraction_and_says_when_there_is_none()
     assert abs(out["signal_norm"] - 20.0) < 2.0 and abs(out["minibatch_grad_norm"] - 40.0) < 1.0
     pure_noise = signal_and_noise(torch.randn(64, 20_000, generator=gen), batch_size=8)
     assert pure_noise["rho_ci"][0] < 0 < pure_noise["rho_ci"][1] and pure_noise["samples_for_snr1_ci"][1] is None
+
+
+def test_the_snr_section_names_the_estimators_replay_outweighs_and_the_converted_weights() -> None:
+    from benchmarks.report_sections import snr_section
+
+    def row(norm: float, rho: float, **extra: float) -> dict:
+        return {"rho": rho, "rho_ci": [rho - 0.01, rho + 0.01], "mean_pairwise_cosine": rho, "signal_norm": 0.1 * norm,
+                "minibatch_grad_norm": norm, "samples_for_snr1": 8.0, "samples_for_snr1_ci": [4.0, None],
+                "zero_gradient_minibatches": 0, "batch_size": 8, "sec_per_batch": 1.0, **extra}  # fmt: skip
+
+    snr = {"batches": 16, "seed": 0, "protocol": "p.yaml", "methods": {
+        "leapalign": row(20.0, 0.02), "drtune": row(0.3, 0.0),
+        "flow-grpo": row(0.02, 0.0, group_std_harmonic=0.05, groups=20, trained_steps=9.0, latent_dims=3072,
+                         surrogate_scale=7.2e-4, same_objective_replay_weight=0.0217),
+        "replay": row(5.0, 0.0, replay_weight=30.0)}}  # fmt: skip
+    text = "\n".join(snr_section(snr).lines)
+    assert "excludes 0 for leapalign;" in text
+    assert "Larger: leapalign (20). Smaller: drtune (0.3), flow-grpo (0.02)." in text
+    assert "| flow-grpo | 20 | 0.0500 | 9.0 | 3072 | 0.00072 | 0.0217 |" in text
+    assert snr_section(None).lines == ["**Not yet run.** Run `python -m benchmarks.grad_snr`."]
