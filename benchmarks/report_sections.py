@@ -172,9 +172,15 @@ def snr_section(snr: dict[str, Any] | None) -> Section:
             f"- The replay term's gradient has norm {replay:.3g} at weight {rows['replay'].get('replay_weight')}. "
             f"Larger: {', '.join(above) or 'none'}. Smaller: {', '.join(below) or 'none'}. With one replay weight "
             "for every method (the direct methods' 30), the smaller an estimator's gradient, the more its updates "
-            "follow replay instead: the policy-gradient family's, 100 to 2,000 times smaller, followed replay alone."
+            "follow replay instead."
         )
     units = {k: r for k, r in estimators.items() if "surrogate_scale" in r}
+    if units and "replay" in rows:
+        ratios = [rows["replay"]["minibatch_grad_norm"] / r["minibatch_grad_norm"] for r in units.values()]
+        s.lines.append(
+            f"- At that weight the replay term is {min(ratios):,.0f} to {max(ratios):,.0f} times the policy-gradient "
+            "family's gradient, so with it the family's updates followed replay alone."
+        )
     if units:
         s.lines += [
             "",

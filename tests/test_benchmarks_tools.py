@@ -259,4 +259,5 @@ def test_the_snr_section_names_the_estimators_replay_outweighs_and_the_converted
     assert "excludes 0 for leapalign;" in text
     assert "Larger: leapalign (20). Smaller: drtune (0.3), flow-grpo (0.02)." in text
     assert "| flow-grpo | 20 | 0.0500 | 9.0 | 3072 | 0.00072 | 0.0217 |" in text
+    assert "the replay term is 250 to 250 times the policy-gradient family's gradient" in text
     assert snr_section(None).lines == ["**Not yet run.** Run `python -m benchmarks.grad_snr`."]
