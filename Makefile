@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum 
 PYTEST := $(PY) -m pytest
 
 .PHONY: setup test test-slow test-research test-all demo lint format clean
-.PHONY: bench-methods bench-ablations bench-cost bench-cost-gpu bench-fidelity bench-report
+.PHONY: bench-methods bench-ablations bench-cost bench-cost-gpu bench-fidelity bench-snr bench-report
 
 $(STAMP):
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -50,6 +50,9 @@ bench-cost-gpu: setup  ## the same at full size (FLUX.2, Qwen-Image, Z-Image, FL
 
 bench-fidelity: setup  ## LeapAlign / ReFL / DRTune gradients vs full backprop -> results/grad_fidelity.json
 	$(BENCH).grad_fidelity
+
+bench-snr: setup       ## signal and noise of each method's update at the base (layout study) -> results/layout/grad_snr.json
+	$(BENCH).grad_snr
 
 bench-report: setup    ## docs/benchmarks.md and its figures from the result files
 	$(BENCH).report

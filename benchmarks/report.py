@@ -132,7 +132,7 @@ def build(
         "make bench-ablations   # python -m benchmarks.sweep --suite ablations",
         "make bench-cost        # python -m benchmarks.cost                      (CPU cost table)",
         "make bench-fidelity    # python -m benchmarks.grad_fidelity             (gradient fidelity)",
-        "python -m benchmarks.grad_snr                                          # signal and noise of each update",
+        "make bench-snr         # python -m benchmarks.grad_snr                  (signal and noise of each update)",
         "make bench-cost-gpu    # python -m benchmarks.cost_gpu                  (one H100/H200)",
         "make bench-report      # python -m benchmarks.report                    (this page)",
         "python -m benchmarks.sweep --suite methods --only drtune --seed 1 --force   # one cell again",

@@ -145,8 +145,9 @@ def snr_section(snr: dict[str, Any] | None) -> Section:
     rows = snr["methods"]
     estimators = {k: r for k, r in rows.items() if k != "replay"}
     s.lines += [
-        f"`python -m benchmarks.grad_snr`: {snr['batches']} independent training minibatches per method, each method's",
-        "own update (the trainer's gradient, before clipping) at the base model with the layout study's settings",
+        f"`make bench-snr` (`python -m benchmarks.grad_snr`): {snr['batches']} independent training minibatches per",
+        "method, each method's own update (the trainer's gradient, before clipping) at the base model with the layout",
+        "study's settings",
         f"(`{snr['protocol']}`, seed {snr['seed']}). The signal fraction rho = mean g_i.g_j (i != j) / mean |g_i|^2 is",
         "about the expected cosine between two minibatch gradients; the samples per update at which the mean",
         "gradient and the noise have equal size follow from it. The `replay` row is the term the study adds to every",
