@@ -28,6 +28,7 @@ import logging
 import math
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +44,25 @@ METHODS = ("leapalign", "refl", "draft-k", "drtune", "flow-grpo", "dance-grpo", 
 REPLAY = "replay"
 
 
+def study_config(protocol: Any, variant: str, seed: int, extra: Sequence[str] = ()) -> Any:
+    """The resolved config of the study's ``methods`` cell ``variant`` at ``seed``, with ``extra`` overrides."""
+    cell = next(c for c in protocol.cells("methods") if c.variant == variant and c.seed == seed)
+    return protocol.config_for(cell, Path("unused"), list(extra))
+
+
+def flat(grads: list[Tensor | None], params: list[Tensor]) -> Tensor:
+    """Per-parameter gradients as one flat float32 vector (``None``: zeros)."""
+    return torch.cat(
+        [(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params, strict=True)]
+    ).float()
+
+
 def minibatch_gradients(variant: str, num_batches: int, seed: int) -> tuple[Tensor, dict[str, Any]]:
     """``(K, P)`` float32: the raw gradient of ``num_batches`` independent training minibatches at the base model."""
     from leapalign.trainer import Trainer
 
     protocol = load_protocol(PROTOCOL)
-    cell = next(c for c in protocol.cells("methods") if c.variant == variant and c.seed == seed)
-    cfg = protocol.config_for(cell, Path("unused"), ["train.replay_weight=0.0"])
+    cfg = study_config(protocol, variant, seed, ["train.replay_weight=0.0"])
     trainer = Trainer(cfg)
     params = list(trainer.params.values())
     grads: list[Tensor] = []
@@ -57,11 +70,10 @@ def minibatch_gradients(variant: str, num_batches: int, seed: int) -> tuple[Tens
     def capture(ok: bool) -> dict[str, float]:
         if not ok:
             raise RuntimeError(f"{variant}: a non-finite loss or reward at the base model")
-        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
-        grads.append(flat.detach().float().clone())
+        grads.append(flat([p.grad for p in params], params).detach().clone())
         for p in params:
             p.grad = None
-        return {"grad_norm": float(flat.norm()), "skipped": 0.0}
+        return {"grad_norm": float(grads[-1].norm()), "skipped": 0.0}
 
     trainer.apply_update = capture  # the weights never move: every minibatch is drawn at the base model
     rollouts = _record_rollouts(trainer)
@@ -73,7 +85,7 @@ def minibatch_gradients(variant: str, num_batches: int, seed: int) -> tuple[Tens
             raise RuntimeError(f"{variant}: expected one update per iteration, got {len(grads) - before}")
     info = {"batch_size": cfg.data.batch_size, "sec_per_batch": (time.perf_counter() - start) / num_batches}
     if rollouts:
-        info.update(surrogate_units(rollouts, trainer, _study_replay_weight(protocol)))
+        info.update(surrogate_units(rollouts, trainer, study_config(protocol, "leapalign", seed).train.replay_weight))
     return torch.stack(grads), info
 
 
@@ -124,20 +136,12 @@ def surrogate_units(rollouts: list[Any], trainer: Any, replay_weight: float) -> 
     }
 
 
-def _study_replay_weight(protocol: Any) -> float:
-    """The direct-gradient methods' replay weight in the study (the LeapAlign cell's)."""
-    cell = next(c for c in protocol.cells("methods") if c.variant == "leapalign")
-    return float(protocol.config_for(cell, Path("unused")).train.replay_weight)
-
-
 def replay_gradients(num_batches: int, seed: int) -> tuple[Tensor, dict[str, Any]]:
     """``(K, P)``: the gradient of the weighted replay loss of the LeapAlign cell on ``num_batches`` replay batches."""
     from leapalign.models import build_model
     from leapalign.regularizers import build_replay, flow_matching_loss
 
-    protocol = load_protocol(PROTOCOL)
-    cell = next(c for c in protocol.cells("methods") if c.variant == "leapalign" and c.seed == seed)
-    cfg = protocol.config_for(cell, Path("unused"))
+    cfg = study_config(load_protocol(PROTOCOL), "leapalign", seed)
     t, h, w = cfg.train, cfg.sampler.height, cfg.sampler.width
     torch.manual_seed(cfg.run.seed)
     model = build_model(cfg.model)
@@ -147,9 +151,7 @@ def replay_gradients(num_batches: int, seed: int) -> tuple[Tensor, dict[str, Any
     for i in range(num_batches):
         prompts, images = replay.batch(i)
         loss = t.replay_weight * flow_matching_loss(model, images, prompts, torch.Generator().manual_seed(i))
-        flat = torch.autograd.grad(loss, params, allow_unused=True)
-        grads.append(torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in
-                                zip(flat, params, strict=True)]).float())  # fmt: skip
+        grads.append(flat(list(torch.autograd.grad(loss, params, allow_unused=True)), params))
     info = {"batch_size": len(prompts), "sec_per_batch": (time.perf_counter() - start) / num_batches,
             "replay_weight": t.replay_weight}  # fmt: skip
     return torch.stack(grads), info

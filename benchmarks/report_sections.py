@@ -147,11 +147,11 @@ def snr_section(snr: dict[str, Any] | None) -> Section:
     s.lines += [
         f"`make bench-snr` (`python -m benchmarks.grad_snr`): {snr['batches']} independent training minibatches per",
         "method, each method's own update (the trainer's gradient, before clipping) at the base model with the layout",
-        "study's settings",
-        f"(`{snr['protocol']}`, seed {snr['seed']}). The signal fraction rho = mean g_i.g_j (i != j) / mean |g_i|^2 is",
-        "about the expected cosine between two minibatch gradients; the samples per update at which the mean",
-        "gradient and the noise have equal size follow from it. The `replay` row is the term the study adds to every",
-        "direct-gradient method (its weight times the flow-matching loss on rendered training scenes).",
+        f"study's settings (`{snr['protocol']}`, seed {snr['seed']}). The signal fraction",
+        "rho = mean g_i.g_j (i != j) / mean |g_i|^2 is about the expected cosine between two minibatch gradients;",
+        "the samples per update at which the mean gradient and the noise have equal size follow from it. The",
+        "`replay` row is the term the study adds to every direct-gradient method (its weight times the flow-matching",
+        "loss on rendered training scenes).",
         "",
         *snr_table(rows),
         "",
@@ -163,25 +163,24 @@ def snr_section(snr: dict[str, Any] | None) -> Section:
         + f"; at {next(iter(rows.values()))['batch_size']} samples a minibatch, every update is mostly noise, and"
         " only the steps' accumulation (Adam's momentum, 200 iterations) carries a direction."
     )
+    units = {k: r for k, r in estimators.items() if "surrogate_scale" in r}
     if "replay" in rows:
         replay = rows["replay"]["minibatch_grad_norm"]
-        below = [f"{k} ({r['minibatch_grad_norm']:.3g})" for k, r in estimators.items()
-                 if r["minibatch_grad_norm"] < replay]  # fmt: skip
-        above = [f"{k} ({r['minibatch_grad_norm']:.3g})" for k, r in estimators.items()
-                 if r["minibatch_grad_norm"] >= replay]  # fmt: skip
+        side: dict[bool, list[str]] = {True: [], False: []}  # True: the estimator's gradient is the larger
+        for k, r in estimators.items():
+            side[r["minibatch_grad_norm"] >= replay].append(f"{k} ({r['minibatch_grad_norm']:.3g})")
         s.lines.append(
             f"- The replay term's gradient has norm {replay:.3g} at weight {rows['replay'].get('replay_weight')}. "
-            f"Larger: {', '.join(above) or 'none'}. Smaller: {', '.join(below) or 'none'}. With one replay weight "
-            "for every method (the direct methods' 30), the smaller an estimator's gradient, the more its updates "
-            "follow replay instead."
+            f"Larger: {', '.join(side[True]) or 'none'}. Smaller: {', '.join(side[False]) or 'none'}. With one "
+            "replay weight for every method (the direct methods' 30), the smaller an estimator's gradient, the more "
+            "its updates follow replay instead."
         )
-    units = {k: r for k, r in estimators.items() if "surrogate_scale" in r}
-    if units and "replay" in rows:
-        ratios = [rows["replay"]["minibatch_grad_norm"] / r["minibatch_grad_norm"] for r in units.values()]
-        s.lines.append(
-            f"- At that weight the replay term is {min(ratios):,.0f} to {max(ratios):,.0f} times the policy-gradient "
-            "family's gradient, so with it the family's updates followed replay alone."
-        )
+        if units:
+            ratios = [replay / r["minibatch_grad_norm"] for r in units.values()]
+            s.lines.append(
+                f"- At that weight the replay term is {min(ratios):,.0f} to {max(ratios):,.0f} times the "
+                "policy-gradient family's gradient, so with it the family's updates followed replay alone."
+            )
     if units:
         s.lines += [
             "",

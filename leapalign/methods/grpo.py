@@ -142,9 +142,8 @@ def group_advantages(rewards: Tensor, opts: GRPOOptions, gather: Gather) -> tupl
     Returns:
         ``(advantages (B,), metrics)``; a group whose rewards are all equal gets advantage 0.
     """
-    r = rewards.detach().float()
-    if opts.threshold is not None:
-        r = r.clamp(max=opts.threshold)
+    raw = rewards.detach().float()
+    r = raw if opts.threshold is None else raw.clamp(max=opts.threshold)
     groups = r.view(-1, opts.group_size)
     centred = groups - groups.mean(1, keepdim=True)
     every = gather(r)
@@ -158,7 +157,7 @@ def group_advantages(rewards: Tensor, opts: GRPOOptions, gather: Gather) -> tupl
         "zero_std_groups": (spread == 0).float().mean().item(),
     }
     if opts.threshold is not None:
-        metrics["above_threshold"] = (rewards.detach().float() >= opts.threshold).float().mean().item()
+        metrics["above_threshold"] = (raw >= opts.threshold).float().mean().item()
     return adv, metrics
 
 
