@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `benchmarks` is a folder of scripts at the repo root, not an installed package
 
-from leapalign.eval.stats import fmt_ci, mean_ci, verdict  # noqa: E402
+from leapalign.eval.stats import fmt_ci, mean_ci, verdict, welch  # noqa: E402
 
 
 def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
@@ -33,6 +33,15 @@ def test_mean_ci_is_a_student_t_interval() -> None:
     assert verdict([1.0, 1.1, 0.9], [2.0, 2.1, 1.9]) == "lower"
     assert verdict([1.0, 2.0], [1.1, 1.9]) == "no significant difference"
     assert verdict([1.0], [2.0]) == "too few seeds"
+
+
+def test_values_without_spread_give_no_interval_and_no_test() -> None:
+    s = mean_ci([0.047, 0.047])
+    assert s["mean"] == pytest.approx(0.047) and s["sd"] == 0.0 and s["lo"] is None and s["hi"] is None
+    assert fmt_ci(s) == "0.047 (2 equal values, no interval)"
+    assert welch([0.1, 0.1], [0.2, 0.2]) is None
+    assert verdict([0.1, 0.1], [0.2, 0.2]) == "no spread to test"
+    assert welch([0.1, 0.1, 0.1], [0.2, 0.25, 0.3]) is not None  # one side varying is still a Welch test
 
 
 def test_cost_cell_records_time_and_memory_and_skips_when_done(tmp_path: Path) -> None:
@@ -159,7 +168,7 @@ def test_layout_claims_test_leapalign_against_each_rival_per_category() -> None:
     by_claim = {t["claim"]: t for t in result["tests"]}
     assert by_claim["leapalign beats refl on position"]["verdict"] == "higher"
     assert by_claim["leapalign beats refl on position"]["p_value"] < 0.001
-    assert by_claim["leapalign beats refl on counting"]["verdict"] == "no significant difference"
+    assert by_claim["leapalign beats refl on counting"]["verdict"] == "no spread to test"  # 0.5 for every seed
     assert by_claim["leapalign beats drtune on position"]["verdict"] == "too few seeds"
     assert result["methods"]["leapalign"]["seeds"] == 3 and "| base | – |" in markdown(result)
 
@@ -220,7 +229,7 @@ def test_the_readme_verdict_table_gives_each_rivals_verdicts_and_p_values() -> N
     ]
     lines = verdict_table(records)
     refl = next(line for line in lines if line.startswith("| ReFL |"))
-    assert refl.startswith("| ReFL | 3, 3 | higher (p = 0.00) | no significant difference")
+    assert refl.startswith("| ReFL | 3, 3 | higher (p = 0.00) | no spread to test")  # counting is 0.5 everywhere
     assert next(line for line in lines if line.startswith("| DRTune |")).count("not yet run") == 3
 
 

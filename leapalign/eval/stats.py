@@ -25,8 +25,12 @@ def t_half_width(sd: float, n: int, level: float = 0.95) -> float:
 def mean_ci(values: Sequence[float], level: float = 0.95) -> dict[str, Any]:
     """Mean and two-sided Student-t interval of ``values``.
 
+    Values that are all equal (``sd == 0``, common with accuracies over a few seeds) give no interval: a zero width
+    would claim a precision that was never measured. The interval is then ``None`` and ``fmt_ci`` says so.
+
     Returns:
-        ``{"mean", "lo", "hi", "n", "sd"}``; ``lo``, ``hi`` and ``sd`` are ``None`` with fewer than 2 values.
+        ``{"mean", "lo", "hi", "n", "sd"}``; ``lo`` and ``hi`` are ``None`` with fewer than 2 values or no spread,
+        ``sd`` is ``None`` with fewer than 2 values.
     """
     vals = [float(v) for v in values]
     n = len(vals)
@@ -36,6 +40,8 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> dict[str, Any]:
     if n < 2:
         return {"mean": mean, "lo": None, "hi": None, "n": 1, "sd": None}
     sd = statistics.stdev(vals)
+    if sd == 0:
+        return {"mean": mean, "lo": None, "hi": None, "n": n, "sd": 0.0}
     half = t_half_width(sd, n, level)
     return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": n, "sd": sd}
 
@@ -91,29 +97,36 @@ def win_rate(a: dict[int, float], b: dict[int, float]) -> dict[str, float]:
 
 
 def welch(a: Sequence[float], b: Sequence[float]) -> float | None:
-    """Two-sided Welch t-test p-value of ``mean(a) != mean(b)`` (``None`` with fewer than 2 values each)."""
+    """Two-sided Welch t-test p-value of ``mean(a) != mean(b)``.
+
+    ``None`` (no test) with fewer than 2 values on a side, or when neither side varies: with no measured spread the
+    test has no variance to compare the difference with.
+    """
     if len(a) < 2 or len(b) < 2:
         return None
     if statistics.stdev(a) == 0 and statistics.stdev(b) == 0:
-        return 0.0 if statistics.fmean(a) != statistics.fmean(b) else 1.0
+        return None
     return float(scipy_stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
 def verdict(a: Sequence[float], b: Sequence[float], alpha: float = 0.05) -> str:
     """``"higher"``, ``"lower"`` or ``"no significant difference"`` for ``a`` against ``b`` (Welch, ``alpha``);
-    ``"too few seeds"`` with fewer than 2 values on a side."""
+    ``"too few seeds"`` with fewer than 2 values on a side, ``"no spread to test"`` when neither side varies."""
     p = welch(a, b)
     if p is None:
-        return "too few seeds"
+        return "too few seeds" if min(len(a), len(b)) < 2 else "no spread to test"
     if p >= alpha:
         return "no significant difference"
     return "higher" if statistics.fmean(a) > statistics.fmean(b) else "lower"
 
 
 def fmt_ci(s: dict[str, Any], digits: int = 3) -> str:
-    """``0.512 ± 0.021`` (half-width of the interval), ``0.512`` for one value, ``–`` for none."""
+    """``0.512 ± 0.021`` (half-width of the interval), ``0.512`` for one value, ``0.512 (2 equal values, no
+    interval)`` when the values do not vary, ``–`` for none."""
     if s["mean"] is None:
         return "–"
     if s["lo"] is None:
+        if s["n"] >= 2:
+            return f"{s['mean']:.{digits}f} ({s['n']} equal values, no interval)"
         return f"{s['mean']:.{digits}f}"
     return f"{s['mean']:.{digits}f} ± {(s['hi'] - s['lo']) / 2:.{digits}f}"
