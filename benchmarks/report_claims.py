@@ -28,16 +28,22 @@ FIGURE_4 = (
 )
 
 
+VERDICT_PHRASE = {  # each verdict of leapalign.eval.stats.verdict as the words between the two names
+    "higher": "higher than",
+    "lower": "lower than",
+    "no significant difference": "not significantly different from",
+    "too few seeds": "too few seeds to compare with",
+    "no spread to test": "has no spread, nor has",
+}
+
+
 def compare(a_vals: Sequence[float], b_vals: Sequence[float], a: str, b: str) -> str:
     """``"a higher than b (m ± h vs m ± h; Welch p = ...)"``, or why there is no verdict."""
     if not a_vals or not b_vals:
         return "not yet run"
     p = welch(a_vals, b_vals)
-    text = f"{a} {verdict(a_vals, b_vals)} than {b} ({fmt_ci(mean_ci(a_vals))} vs {fmt_ci(mean_ci(b_vals))}"
-    text += f"; Welch p = {p:.3f}, {len(a_vals)} and {len(b_vals)} seeds)" if p is not None else ")"
-    return text.replace("no significant difference than", "not significantly different from").replace(
-        "too few seeds than", "too few seeds to compare with"
-    )
+    text = f"{a} {VERDICT_PHRASE[verdict(a_vals, b_vals)]} {b} ({fmt_ci(mean_ci(a_vals))} vs {fmt_ci(mean_ci(b_vals))}"
+    return text + (f"; Welch p = {p:.3f}, {len(a_vals)} and {len(b_vals)} seeds)" if p is not None else ")")
 
 
 def _compare(records: Sequence[dict[str, Any]], a: str, b: str, get: Any) -> str:

@@ -42,6 +42,9 @@ def test_values_without_spread_give_no_interval_and_no_test() -> None:
     assert welch([0.1, 0.1], [0.2, 0.2]) is None
     assert verdict([0.1, 0.1], [0.2, 0.2]) == "no spread to test"
     assert welch([0.1, 0.1, 0.1], [0.2, 0.25, 0.3]) is not None  # one side varying is still a Welch test
+    from benchmarks.report_claims import compare
+
+    assert compare([0.1, 0.1], [0.2, 0.2], "a", "b").startswith("a has no spread, nor has b (0.100 (2 equal")
 
 
 def test_cost_cell_records_time_and_memory_and_skips_when_done(tmp_path: Path) -> None:
