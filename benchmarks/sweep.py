@@ -13,7 +13,8 @@ under a lock) as soon as the cell ends, so the sweep can be stopped at any time 
 running the same command: finished cells are skipped, a cell interrupted mid-training resumes from its last
 checkpoint. A finished cell whose config hash no longer matches the protocol (the protocol file or the base
 config changed) is stale and is run again. A cell whose resolved config equals that of a finished cell of
-either suite (e.g. ``alpha_0.3`` and ``weight_both`` are both the default LeapAlign) reuses that record.
+either suite (e.g. ``alpha_0.3`` and ``weight_both`` are both the default LeapAlign) reuses that record, and a
+cell that finishes hands a reused copy of its record to every such cell at once.
 
 Each cell runs in a fresh process (peak RSS is per process) with ``--threads`` torch threads and, when
 installed, jemalloc preloaded; its log is ``<run_dir>/worker.log``.
@@ -43,6 +44,13 @@ def record_key(record: dict[str, Any]) -> tuple[Any, Any, Any]:
 
 def results_path(results_dir: Path, suite: str) -> Path:
     return results_dir / f"{suite}.json"
+
+
+def reused_copy(record: dict[str, Any], cell: Cell) -> dict[str, Any]:
+    """``record`` relabelled as the result of ``cell``, which has the same resolved config and seed."""
+    copy = {**record, "suite": cell.suite, "variant": cell.variant, "group": cell.group}
+    copy["reused_from"] = f"{record['suite']}/{record['variant']}/seed{record['seed']}"
+    return copy
 
 
 class Sweep:
@@ -90,8 +98,7 @@ class Sweep:
                 continue
             if state == "reuse" and not force:
                 assert rec is not None
-                copy = {**rec, "suite": cell.suite, "variant": cell.variant, "group": cell.group}
-                copy["reused_from"] = f"{rec['suite']}/{rec['variant']}/seed{rec['seed']}"
+                copy = reused_copy(rec, cell)
                 upsert_record(self.results, copy, record_key)
                 print(f"{tag}: same config as {copy['reused_from']}, record reused", flush=True)
                 continue
@@ -100,14 +107,40 @@ class Sweep:
             failures += not self.run_cell(cell, config_hash, force, keep_checkpoints, tag)
         return 1 if failures else 0
 
+    def share(self, record: dict[str, Any]) -> list[str]:
+        """Gives every other cell of either suite with ``record``'s config and seed a reused copy of it.
+
+        Without this, a cell equal to one just run (``reward_x0_dj`` is ``weight_d_j``) got its record only
+        when a later sweep visited it, so a single-cell command left the report a seed short.
+
+        Returns:
+            The labels of the cells that received a copy.
+        """
+        shared = []
+        for suite in SUITES:
+            path = results_path(self.results_dir, suite)
+            for cell in self.protocol.cells(suite):
+                if cell.seed != record.get("seed") or (suite, cell.variant) == (record["suite"], record["variant"]):
+                    continue
+                if self.protocol.config_hash(cell) != record.get("config_hash"):
+                    continue
+                own = find_record(read_records(path), suite=suite, variant=cell.variant, seed=cell.seed)
+                if own is not None and own.get("config_hash") == record["config_hash"] and "reused_from" not in own:
+                    continue  # trained itself: keep its own record
+                upsert_record(path, reused_copy(record, cell), record_key)
+                shared.append(cell.label())
+        return shared
+
     def run_cell(self, cell: Cell, config_hash: str, force: bool, keep_checkpoints: bool, tag: str) -> bool:
         run_dir = cell.run_dir(self.runs_dir)
         if force and run_dir.exists():
             shutil.rmtree(run_dir)
         cached = run_dir / "record.json"
         if cached.is_file() and json.loads(cached.read_text()).get("config_hash") == config_hash:
-            upsert_record(self.results, json.loads(cached.read_text()), record_key)
+            record = json.loads(cached.read_text())
+            upsert_record(self.results, record, record_key)
             print(f"{tag}: finished earlier, record collected from {cached}", flush=True)
+            self.report_shared(tag, record)
             return True
         run_dir.mkdir(parents=True, exist_ok=True)
         spec = {
@@ -147,7 +180,12 @@ class Sweep:
             f"shapes_eval {record['shapes_eval']['overall']:.4f}, diversity {record['diversity']:.4f}",
             flush=True,
         )
+        self.report_shared(tag, record)
         return True
+
+    def report_shared(self, tag: str, record: dict[str, Any]) -> None:
+        for label in self.share(record):
+            print(f"{tag}: record reused by {label} (same config)", flush=True)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -101,12 +101,20 @@ def test_one_cell_end_to_end_then_resume_skips_it(tmp_path: Path) -> None:
     assert again.returncode == 0 and again.stdout.count("done, skipped") == 2, again.stdout
     assert json.loads(results.read_text()) == records
 
-    # The ablation alpha_0.3 is the default LeapAlign: its record is reused, nothing is trained.
-    abl = sweep(tmp_path, protocol, "--suite", "ablations")
-    assert abl.returncode == 0 and "record reused" in abl.stdout, abl.stdout
+    # The ablation alpha_0.3 is the default LeapAlign: it got a copy of the record as soon as that cell ended,
+    # and an ablation sweep trains nothing for it.
+    assert "record reused by ablations/alpha_0.3/seed0" in out.stdout, out.stdout
     (reused,) = json.loads((tmp_path / "results" / "ablations.json").read_text())
     assert reused["variant"] == "alpha_0.3" and reused["reused_from"] == "methods/leapalign/seed0"
     assert reused["shapes_score"] == rec["shapes_score"]
+    abl = sweep(tmp_path, protocol, "--suite", "ablations")
+    assert abl.returncode == 0 and "done, skipped" in abl.stdout, abl.stdout
+    assert json.loads((tmp_path / "results" / "ablations.json").read_text()) == [reused]
+    # A sweep that finds the copy missing (an older results file) still makes it from the methods record.
+    (tmp_path / "results" / "ablations.json").unlink()
+    abl = sweep(tmp_path, protocol, "--suite", "ablations")
+    assert abl.returncode == 0 and "record reused" in abl.stdout, abl.stdout
+    assert json.loads((tmp_path / "results" / "ablations.json").read_text()) == [reused]
 
     # The report reads these records: the method table, the equal-wall-clock table and the figures.
     doc = tmp_path / "benchmarks.md"
