@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum 
 PYTEST := $(PY) -m pytest
 
 .PHONY: setup test test-slow test-research test-all demo lint format clean
-.PHONY: bench-methods bench-ablations bench-cost bench-cost-gpu bench-fidelity bench-snr bench-report
+.PHONY: bench-layout-methods bench-layout-ablations bench-methods bench-ablations bench-cost bench-cost-gpu bench-fidelity bench-snr bench-report
 
 $(STAMP):
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -36,7 +36,15 @@ demo: setup            ## the main job: LeapAlign on ShapesWorld, evaluated befo
 # stop them at any time and run the same target again. Preload jemalloc for honest CPU memory (apt libjemalloc2).
 BENCH := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m benchmarks
 
-bench-methods: setup   ## every method x 3 seeds on ShapesWorld (hours on 2 cores) -> benchmarks/results/methods.json
+LAYOUT := --protocol benchmarks/protocol_layout.yaml --results-dir benchmarks/results/layout --runs-dir benchmarks/runs/layout
+
+bench-layout-methods: setup   ## the layout study: every method x 5 seeds on ShapesLayout -> benchmarks/results/layout/methods.json
+	$(BENCH).sweep --suite methods $(LAYOUT)
+
+bench-layout-ablations: setup ## its Figure 4 ablations of LeapAlign x 3 seeds -> benchmarks/results/layout/ablations.json
+	$(BENCH).sweep --suite ablations $(LAYOUT)
+
+bench-methods: setup   ## the learned-preference study (ShapesScore): every method x 3 seeds -> benchmarks/results/methods.json
 	$(BENCH).sweep --suite methods
 
 bench-ablations: setup ## the paper's Figure 4 ablations of LeapAlign -> benchmarks/results/ablations.json

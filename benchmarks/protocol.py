@@ -57,7 +57,7 @@ RENAMED_DEFAULTS: dict[str, tuple[object, object]] = {
     # every earlier config spelled out, so the hash sees the list
     "model.lora_targets": (None, ["to_q", "to_k", "to_v", "to_out.0"]),
 }
-TOP_KEYS = {"base_config", "common", "evaluation", "seeds", "methods", "ablations"}
+TOP_KEYS = {"base_config", "common", "evaluation", "seeds", "ablation_seeds", "methods", "ablations"}
 
 
 class ProtocolError(ValueError):
@@ -145,6 +145,11 @@ class Protocol:
     seeds: list[int]
     methods: dict[str, dict[str, Any]]
     ablations: dict[str, dict[str, list[str]]]
+    ablation_seeds: list[int] | None = None  # the ablations' own seeds; None: ``seeds``
+
+    def suite_seeds(self, suite: str) -> list[int]:
+        """The seeds of ``suite``: ``ablation_seeds`` for the ablations when the protocol sets them, else ``seeds``."""
+        return self.ablation_seeds if suite == "ablations" and self.ablation_seeds else self.seeds
 
     # ------------------------------------------------------------------------------------------- cells
     def cells(self, suite: str) -> list[Cell]:
@@ -155,7 +160,7 @@ class Protocol:
         out: list[Cell] = []
         if suite == "methods":
             out.append(Cell("methods", BASE, None, BASE, None, []))
-        for seed in self.seeds:
+        for seed in self.suite_seeds(suite):
             if suite == "methods":
                 for name, spec in self.methods.items():
                     method = _method_name(spec["overrides"]) or "leapalign"
@@ -283,9 +288,8 @@ def load_protocol(path: Path | str = DEFAULT_PROTOCOL) -> Protocol:
                 raise ProtocolError(f"{path}: ablation variant name {name!r} is reserved or used twice; rename it.")
             seen.add(name)
         ablations[str(group)] = {str(n): _overrides(o, f"ablations.{group}.{n}") for n, o in variants.items()}
-    seeds = [int(s) for s in raw["seeds"]]
-    if not seeds:
-        raise ProtocolError(f"{path}: seeds must list at least one seed.")
+    seeds = _seeds(raw["seeds"], path, "seeds")
+    ablation_seeds = _seeds(raw["ablation_seeds"], path, "ablation_seeds") if "ablation_seeds" in raw else None
     return Protocol(
         path=path,
         base_config=str(raw["base_config"]),
@@ -294,4 +298,14 @@ def load_protocol(path: Path | str = DEFAULT_PROTOCOL) -> Protocol:
         seeds=seeds,
         methods=methods,
         ablations=ablations,
+        ablation_seeds=ablation_seeds,
     )
+
+
+def _seeds(value: Any, path: Path, key: str) -> list[int]:
+    ints = isinstance(value, list) and all(isinstance(s, int) and not isinstance(s, bool) for s in value)
+    if not ints or not value:
+        raise ProtocolError(f"{path}: {key} must be a non-empty list of integer seeds, e.g. [0, 1, 2]; got {value!r}.")
+    if len(set(value)) != len(value):
+        raise ProtocolError(f"{path}: {key} lists a seed twice ({value}); each seed is one cell per variant.")
+    return [int(s) for s in value]

@@ -67,7 +67,9 @@ def protocol_summary(path: Path) -> list[str]:
     e = p.evaluation
     return [
         f"- Base config `{p.base_config}` with, for every cell: `{' '.join(p.common)}`.",
-        f"- Seeds {p.seeds}. Held-out evaluation of the EMA weights: `{e.prompts}`, {e.images_per_prompt} images "
+        f"- Seeds {p.seeds}"
+        + (f" (the ablations: {p.ablation_seeds})" if p.ablation_seeds else "")
+        + f". Held-out evaluation of the EMA weights: `{e.prompts}`, {e.images_per_prompt} images "
         f"per prompt, {e.num_steps} steps, fixed seeds; curves every {e.curve_every} steps on the first "
         f"{e.curve_images_per_prompt} images of every prompt.",
         "- Methods (suite `methods`): "
@@ -126,8 +128,9 @@ def build(
         "## How to reproduce",
         "",
         "```bash",
-        f"{layout.command('methods')}   # the layout study (resumable; hours on 2 cores)",
-        f"{layout.command('ablations')} --seed 0   # its ablations, one seed at a time",
+        "make bench-layout-methods    # the layout study: every method x 5 seeds (resumable; 12 h of cells)",
+        "make bench-layout-ablations  # its Figure 4 ablations x 3 seeds (about 9 h of cells)",
+        f"{layout.command('ablations')} --only leaps_3 --seed 1   # one cell of it",
         "make bench-methods     # python -m benchmarks.sweep --suite methods     (the learned-preference study)",
         "make bench-ablations   # python -m benchmarks.sweep --suite ablations",
         "make bench-cost        # python -m benchmarks.cost                      (CPU cost table)",

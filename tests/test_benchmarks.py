@@ -78,6 +78,19 @@ def test_format_override_and_errors(tmp_path: Path) -> None:
         load_protocol(bad)
     with pytest.raises(ProtocolError, match="does not exist"):
         load_protocol(tmp_path / "missing.yaml")
+    for bad_seeds in ("[]", "[0, 0]", "[a]"):
+        bad.write_text(f"base_config: shapes/leapalign\nseeds: [0]\nablation_seeds: {bad_seeds}\nmethods: {{}}\n")
+        with pytest.raises(ProtocolError, match="ablation_seeds"):
+            load_protocol(bad)
+
+
+def test_ablations_may_have_their_own_seeds() -> None:
+    layout = load_protocol(ROOT / "benchmarks" / "protocol_layout.yaml")
+    assert {c.seed for c in layout.cells("methods") if not c.is_base} == {0, 1, 2, 3, 4}
+    assert {c.seed for c in layout.cells("ablations")} == {0, 1, 2}  # Figure 4 at 3 seeds
+    shipped = load_protocol()  # no ablation_seeds: the ablations use `seeds`
+    assert shipped.ablation_seeds is None
+    assert {c.seed for c in shipped.cells("ablations")} == set(shipped.seeds)
 
 
 def test_one_cell_end_to_end_then_resume_skips_it(tmp_path: Path) -> None:
