@@ -20,7 +20,7 @@ from typing import Any
 
 from benchmarks.common import RESULTS, write_json
 from benchmarks.report_common import CATEGORIES
-from leapalign.eval.stats import fmt_ci, mean_ci, verdict, welch
+from leapalign.eval.stats import fmt_ci, mean_ci, verdict, welch, welch_diff_ci
 
 LAYOUT_RESULTS = RESULTS / "layout"
 RIVALS = ("refl", "draft-lv", "draft-k", "drtune")
@@ -60,6 +60,7 @@ def claims(records: list[dict[str, Any]]) -> dict[str, Any]:
                     "leapalign": statistics.fmean(a) if a else None,
                     "rival_mean": statistics.fmean(b) if b else None,
                     "p_value": welch(a, b),
+                    "difference": welch_diff_ci(a, b),
                     "verdict": verdict(a, b),
                 }
             )

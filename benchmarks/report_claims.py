@@ -12,7 +12,7 @@ from benchmarks.report_common import MEM_TARGET, TIME_TARGET, Section
 from benchmarks.report_cost import leapalign_targets, row, time_verdict
 from benchmarks.report_sections import category, cells, interpolate, overall, score, seeds, speed, vals, variants
 from benchmarks.report_study import Study
-from leapalign.eval.stats import fmt_ci, mean_ci, verdict, welch
+from leapalign.eval.stats import fmt_ci, mean_ci, verdict, welch, welch_diff_ci
 
 LATE_STEP = {"refl": "ReFL", "draft-lv": "DRaFT-LV", "draft-k": "DRaFT-K", "drtune": "DRTune"}
 FIGURE_4 = (
@@ -38,12 +38,15 @@ VERDICT_PHRASE = {  # each verdict of leapalign.eval.stats.verdict as the words 
 
 
 def compare(a_vals: Sequence[float], b_vals: Sequence[float], a: str, b: str) -> str:
-    """``"a higher than b (m ± h vs m ± h; Welch p = ...)"``, or why there is no verdict."""
+    """``"a higher than b (m ± h vs m ± h; difference d [lo, hi], Welch p = ...)"``, or why there is no verdict."""
     if not a_vals or not b_vals:
         return "not yet run"
-    p = welch(a_vals, b_vals)
+    p, d = welch(a_vals, b_vals), welch_diff_ci(a_vals, b_vals)
     text = f"{a} {VERDICT_PHRASE[verdict(a_vals, b_vals)]} {b} ({fmt_ci(mean_ci(a_vals))} vs {fmt_ci(mean_ci(b_vals))}"
-    return text + (f"; Welch p = {p:.3f}, {len(a_vals)} and {len(b_vals)} seeds)" if p is not None else ")")
+    if p is None or d is None:
+        return text + ")"
+    diff = f"difference {d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+    return text + f"; {diff}, Welch p = {p:.3f}, {len(a_vals)} and {len(b_vals)} seeds)"
 
 
 def _compare(records: Sequence[dict[str, Any]], a: str, b: str, get: Any) -> str:

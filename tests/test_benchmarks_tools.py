@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from scipy import stats as scipy_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `benchmarks` is a folder of scripts at the repo root, not an installed package
 
-from leapalign.eval.stats import fmt_ci, mean_ci, verdict, welch  # noqa: E402
+from leapalign.eval.stats import fmt_ci, mean_ci, verdict, welch, welch_diff_ci  # noqa: E402
 
 
 def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
@@ -33,6 +35,23 @@ def test_mean_ci_is_a_student_t_interval() -> None:
     assert verdict([1.0, 1.1, 0.9], [2.0, 2.1, 1.9]) == "lower"
     assert verdict([1.0, 2.0], [1.1, 1.9]) == "no significant difference"
     assert verdict([1.0], [2.0]) == "too few seeds"
+
+
+def test_welch_difference_interval_matches_welch_satterthwaite() -> None:
+    a, b = [0.45, 0.47, 0.44, 0.49], [0.40, 0.46, 0.38]
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = scipy_stats.t.ppf(0.975, df) * (va + vb) ** 0.5
+    d = welch_diff_ci(a, b)
+    assert d is not None and d["diff"] == pytest.approx(statistics.fmean(a) - statistics.fmean(b))
+    assert (d["lo"], d["hi"]) == pytest.approx((d["diff"] - half, d["diff"] + half))
+    # the interval excludes 0 exactly when the test rejects at 0.05
+    assert (d["lo"] > 0) == (welch(a, b) < 0.05)
+    assert welch_diff_ci([0.1, 0.1], [0.2, 0.2]) is None and welch_diff_ci([0.1], [0.2, 0.3]) is None
+    from benchmarks.report_claims import compare
+
+    text = compare(a, b, "a", "b")
+    assert f"difference {d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}], Welch p = " in text, text
 
 
 def test_values_without_spread_give_no_interval_and_no_test() -> None:

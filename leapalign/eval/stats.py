@@ -113,6 +113,21 @@ def welch(a: Sequence[float], b: Sequence[float]) -> float | None:
         return float(scipy_stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
+def welch_diff_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict[str, float] | None:
+    """The difference ``mean(a) - mean(b)`` and its two-sided Welch interval (Welch-Satterthwaite degrees of
+    freedom), the interval behind ``welch``'s p-value: what a "no significant difference" still allows.
+
+    Returns:
+        ``{"diff", "lo", "hi"}``, or ``None`` where ``welch`` gives no test.
+    """
+    if welch(a, b) is None:
+        return None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
+        ci = scipy_stats.ttest_ind(a, b, equal_var=False).confidence_interval(level)
+    return {"diff": statistics.fmean(a) - statistics.fmean(b), "lo": float(ci.low), "hi": float(ci.high)}
+
+
 def verdict(a: Sequence[float], b: Sequence[float], alpha: float = 0.05) -> str:
     """``"higher"``, ``"lower"`` or ``"no significant difference"`` for ``a`` against ``b`` (Welch, ``alpha``);
     ``"too few seeds"`` with fewer than 2 values on a side, ``"no spread to test"`` when neither side varies."""
