@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,12 @@ def machines(sources: dict[str, list[dict[str, Any]]]) -> list[str]:
     return [f"{line}; git {', '.join(commits)}" for line, commits in lines.items()]
 
 
+def cell_hours(records: Sequence[dict[str, Any]]) -> str:
+    """``"11.8 h of cells here"``: the summed wall-clock of the cells that ran (reused records not counted)."""
+    own = [r["wall_clock_sec"] for r in records if "reused_from" not in r and "wall_clock_sec" in r]
+    return f"{sum(own) / 3600:.1f} h of cells here" if own else "not yet run"
+
+
 def protocol_summary(path: Path) -> list[str]:
     p = load_protocol(path)
     e = p.evaluation
@@ -95,6 +102,7 @@ def build(
 ) -> tuple[str, str]:
     """Returns the Markdown of docs/benchmarks.md and of the README headline block; writes the PNGs."""
     layout, score = studies(results, protocol, layout_protocol)
+    _, trained, ablations = layout.load()
     cost = read_records(results / "cost.json")
     cost_gpu = read_records(results / "cost_gpu.json")
     fidelity = load_json(results / "grad_fidelity.json")
@@ -128,8 +136,8 @@ def build(
         "## How to reproduce",
         "",
         "```bash",
-        "make bench-layout-methods    # the layout study: every method x 5 seeds (resumable; 12 h of cells)",
-        "make bench-layout-ablations  # its Figure 4 ablations x 3 seeds (about 9 h of cells)",
+        f"make bench-layout-methods    # the layout study: every method (resumable; {cell_hours(trained)})",
+        f"make bench-layout-ablations  # its Figure 4 ablations (resumable; {cell_hours(ablations)})",
         f"{layout.command('ablations')} --only leaps_3 --seed 1   # one cell of it",
         "make bench-methods     # python -m benchmarks.sweep --suite methods     (the learned-preference study)",
         "make bench-ablations   # python -m benchmarks.sweep --suite ablations",

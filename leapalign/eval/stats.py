@@ -97,12 +97,8 @@ def win_rate(a: dict[int, float], b: dict[int, float]) -> dict[str, float]:
     }
 
 
-def welch(a: Sequence[float], b: Sequence[float]) -> float | None:
-    """Two-sided Welch t-test p-value of ``mean(a) != mean(b)``.
-
-    ``None`` (no test) with fewer than 2 values on a side, or when neither side varies: with no measured spread the
-    test has no variance to compare the difference with.
-    """
+def _welch_test(a: Sequence[float], b: Sequence[float]) -> Any:
+    """scipy's Welch t-test of ``a`` against ``b``, or ``None`` where there is no test (see ``welch``)."""
     if len(a) < 2 or len(b) < 2:
         return None
     if statistics.stdev(a) == 0 and statistics.stdev(b) == 0:
@@ -110,7 +106,17 @@ def welch(a: Sequence[float], b: Sequence[float]) -> float | None:
     with warnings.catch_warnings():
         # one side without spread is a valid Welch test; scipy only warns that the constant side's moments are exact
         warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
-        return float(scipy_stats.ttest_ind(a, b, equal_var=False).pvalue)
+        return scipy_stats.ttest_ind(a, b, equal_var=False)
+
+
+def welch(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Two-sided Welch t-test p-value of ``mean(a) != mean(b)``.
+
+    ``None`` (no test) with fewer than 2 values on a side, or when neither side varies: with no measured spread the
+    test has no variance to compare the difference with.
+    """
+    test = _welch_test(a, b)
+    return None if test is None else float(test.pvalue)
 
 
 def welch_diff_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict[str, float] | None:
@@ -120,11 +126,10 @@ def welch_diff_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95) -
     Returns:
         ``{"diff", "lo", "hi"}``, or ``None`` where ``welch`` gives no test.
     """
-    if welch(a, b) is None:
+    test = _welch_test(a, b)
+    if test is None:
         return None
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
-        ci = scipy_stats.ttest_ind(a, b, equal_var=False).confidence_interval(level)
+    ci = test.confidence_interval(level)
     return {"diff": statistics.fmean(a) - statistics.fmean(b), "lo": float(ci.low), "hi": float(ci.high)}
 
 
